@@ -1,0 +1,203 @@
+"""Test-set evaluation of any engine: loss, accuracy, per-class metrics, confusion matrix."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fmnist.data import CLASS_NAMES, load_dataset, to_model_input
+from fmnist.engines import create_engine, predict_in_batches
+from fmnist.io import RunLayout, update_manifest, write_parquet_atomic
+
+NUM_CLASSES = len(CLASS_NAMES)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics of one model x variant on a labelled set."""
+
+    model: str
+    variant: str
+    accuracy: float
+    loss: float
+    confusion: np.ndarray
+    per_class: pd.DataFrame  # one row per class, then 'macro avg' and 'weighted avg'
+    images: int
+    seconds: float
+    executed_precision: str
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int = NUM_CLASSES) -> np.ndarray:
+    """Counts: rows are true classes, columns predicted classes."""
+    matrix = np.zeros((n, n), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    return matrix
+
+
+def per_class_metrics(matrix: np.ndarray, names=CLASS_NAMES) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class, plus macro and weighted averages.
+
+    A class never predicted (or never present) gets 0 where the ratio is undefined,
+    as scikit-learn's ``zero_division=0`` does.
+    """
+    true_positive = np.diag(matrix).astype(float)
+    predicted = matrix.sum(axis=0).astype(float)
+    support = matrix.sum(axis=1)
+    precision = np.divide(
+        true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0
+    )
+    recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(
+        2 * precision * recall, denominator, out=np.zeros_like(true_positive), where=denominator > 0
+    )
+    frame = pd.DataFrame(
+        {
+            "label": np.arange(len(names)),
+            "name": list(names),
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": support.astype(np.int64),
+        }
+    )
+    total = int(support.sum())
+    weights = support / total if total else np.zeros(len(names))
+    averages = pd.DataFrame(
+        {
+            "label": [-1, -1],
+            "name": ["macro avg", "weighted avg"],
+            "precision": [precision.mean(), float(precision @ weights)],
+            "recall": [recall.mean(), float(recall @ weights)],
+            "f1": [f1.mean(), float(f1 @ weights)],
+            "support": [total, total],
+        }
+    )
+    return pd.concat([frame, averages], ignore_index=True)
+
+
+def cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean categorical cross-entropy of predicted probabilities against integer labels."""
+    picked = probabilities[np.arange(len(labels)), np.asarray(labels, int)]
+    return float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
+
+
+def evaluate_probabilities(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    model: str,
+    variant: str,
+    seconds: float = 0.0,
+    executed_precision: str = "f32",
+) -> Evaluation:
+    """All metrics from an engine's probabilities and the true labels."""
+    predictions = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(labels, predictions)
+    return Evaluation(
+        model=model,
+        variant=variant,
+        accuracy=float(np.mean(predictions == labels)),
+        loss=cross_entropy(probabilities, labels),
+        confusion=matrix,
+        per_class=per_class_metrics(matrix),
+        images=len(labels),
+        seconds=seconds,
+        executed_precision=executed_precision,
+    )
+
+
+def classification_report(evaluation: Evaluation) -> str:
+    """The seed-style text report: per-class precision/recall/F1/support and averages."""
+    width = max(len(n) for n in evaluation.per_class["name"]) + 2
+    lines = [f"{'':>{width}}{'precision':>11}{'recall':>9}{'f1-score':>10}{'support':>9}", ""]
+    for row in evaluation.per_class.itertuples():
+        if row.name == "macro avg":
+            lines += [
+                "",
+                f"{'accuracy':>{width}}{'':>11}{'':>9}"
+                f"{evaluation.accuracy:>10.4f}{evaluation.images:>9}",
+            ]
+        lines.append(
+            f"{row.name:>{width}}{row.precision:>11.4f}{row.recall:>9.4f}"
+            f"{row.f1:>10.4f}{row.support:>9}"
+        )
+    lines += ["", f"Loss: {evaluation.loss:.4f}", f"Accuracy: {evaluation.accuracy:.4f}"]
+    return "\n".join(lines)
+
+
+def metrics_frame(evaluation: Evaluation) -> pd.DataFrame:
+    """The metrics Parquet rows: per-class and average rows, overall figures repeated."""
+    frame = evaluation.per_class.copy()
+    frame.insert(0, "variant", evaluation.variant)
+    frame.insert(0, "model", evaluation.model)
+    frame["accuracy"] = evaluation.accuracy
+    frame["loss"] = evaluation.loss
+    frame["images"] = evaluation.images
+    frame["seconds"] = evaluation.seconds
+    frame["executed_precision"] = evaluation.executed_precision
+    return frame
+
+
+def confusion_frame(evaluation: Evaluation) -> pd.DataFrame:
+    """The confusion Parquet rows: one per true class, one column per predicted class."""
+    frame = pd.DataFrame(evaluation.confusion, columns=list(CLASS_NAMES))
+    frame.insert(0, "true_name", list(CLASS_NAMES))
+    frame.insert(0, "true_label", np.arange(NUM_CLASSES))
+    return frame
+
+
+def write_evaluation(evaluation: Evaluation, run: Path | str) -> dict[str, Path]:
+    """Write the metrics and confusion Parquet files and the heatmap into ``run``."""
+    from fmnist.plots import plot_confusion_matrix
+
+    layout = RunLayout(Path(run))
+    model, variant = evaluation.model, evaluation.variant
+    paths = {
+        "metrics": layout.metrics(model, variant),
+        "confusion": layout.confusion(model, variant),
+        "heatmap": layout.figures_dir / f"{model}__{variant}__confusion.png",
+    }
+    write_parquet_atomic(paths["metrics"], metrics_frame(evaluation))
+    write_parquet_atomic(paths["confusion"], confusion_frame(evaluation))
+    plot_confusion_matrix(
+        evaluation.confusion,
+        f"{model} ({variant}): accuracy {evaluation.accuracy:.4f}",
+        paths["heatmap"],
+    )
+    update_manifest(
+        layout.root,
+        "evaluations",
+        f"{model}__{variant}",
+        {
+            "accuracy": evaluation.accuracy,
+            "loss": evaluation.loss,
+            "images": evaluation.images,
+            "executed_precision": evaluation.executed_precision,
+        },
+    )
+    return paths
+
+
+def evaluate_model(
+    run: Path | str,
+    model: str,
+    variant: str = "keras-predict",
+    limit: int | None = None,
+    data_dir: str | None = None,
+    batch_size: int = 256,
+) -> Evaluation:
+    """Run ``model`` as ``variant`` on the test set (first ``limit`` images) and write results."""
+    engine = create_engine(run, model, variant)
+    test = load_dataset(data_dir).test.head(limit)
+    started = time.perf_counter()
+    probabilities = predict_in_batches(engine, to_model_input(test.images), batch_size)
+    seconds = time.perf_counter() - started
+    evaluation = evaluate_probabilities(
+        probabilities, test.labels, model, variant, seconds, engine.info.executed_precision
+    )
+    write_evaluation(evaluation, run)
+    return evaluation

@@ -1,0 +1,271 @@
+"""The pipeline DAG declared in ``jobs/pipeline.toml``, expanded into tasks and run locally.
+
+One declaration serves both executors: ``fmnist-batch run`` executes the tasks on this
+machine (independent tasks in parallel with joblib), ``fmnist-batch submit`` hands the
+same tasks to a batch scheduler.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shlex
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fmnist.io import FmnistError
+
+DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "jobs" / "pipeline.toml"
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step of the DAG, possibly fanned out over profile lists (models, variants, ...)."""
+
+    name: str
+    command: str
+    outputs: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+    for_each: dict[str, str] = field(default_factory=dict)  # placeholder -> profile list
+    resources: dict = field(default_factory=dict)  # walltime, script, array: for schedulers
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Named settings: the lists steps fan out over, scalars, and extra args per step."""
+
+    name: str
+    description: str
+    values: dict
+    args: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Steps in declaration order and the profiles they can run with."""
+
+    steps: tuple[Step, ...]
+    profiles: dict[str, Profile]
+    source: Path
+
+    def profile(self, name: str) -> Profile:
+        if name not in self.profiles:
+            raise FmnistError(
+                f"unknown profile {name!r} in {self.source}; valid: {', '.join(self.profiles)}"
+            )
+        return self.profiles[name]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One concrete command of the DAG, e.g. ``train:main``."""
+
+    id: str
+    step: str
+    args: tuple[str, ...]
+    outputs: tuple[Path, ...]
+    needs: tuple[str, ...]
+    values: dict
+    resources: dict
+
+    def complete(self) -> bool:
+        """True when every declared output exists (a re-run skips the task)."""
+        return bool(self.outputs) and all(path.exists() for path in self.outputs)
+
+
+def spec_path() -> Path:
+    """The pipeline spec in use: ``FMNIST_PIPELINE`` or the project's ``jobs/pipeline.toml``."""
+    return Path(os.environ.get("FMNIST_PIPELINE", DEFAULT_SPEC))
+
+
+def load_pipeline(path: Path | str | None = None) -> Pipeline:
+    """Parse and check a pipeline spec."""
+    path = Path(path) if path else spec_path()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise FmnistError(f"{path}: pipeline spec not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise FmnistError(f"{path}: invalid TOML ({exc})") from exc
+    steps = tuple(
+        Step(
+            name=s["name"],
+            command=s["command"],
+            outputs=tuple(s.get("outputs", ())),
+            needs=tuple(s.get("needs", ())),
+            for_each=dict(s.get("for_each", {})),
+            resources=dict(s.get("resources", {})),
+        )
+        for s in raw.get("steps", [])
+    )
+    names = [s.name for s in steps]
+    for step in steps:
+        unknown = [n for n in step.needs if n not in names[: names.index(step.name)]]
+        if unknown:
+            raise FmnistError(
+                f"{path}: step {step.name!r} needs {unknown}, which are not declared before it"
+            )
+    profiles = {}
+    for name, body in raw.get("profiles", {}).items():
+        body = dict(body)
+        profiles[name] = Profile(
+            name=name,
+            description=body.pop("description", ""),
+            args=dict(body.pop("args", {})),
+            values=body,
+        )
+    return Pipeline(steps, profiles, path)
+
+
+def _combinations(step: Step, values: dict) -> list[dict]:
+    keys = list(step.for_each)
+    lists = []
+    for key in keys:
+        source = step.for_each[key]
+        if source not in values:
+            raise FmnistError(f"step {step.name!r} fans out over {source!r}, not in the profile")
+        lists.append(list(values[source]))
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*lists)]
+
+
+def _task_id(step: str, combo: dict) -> str:
+    return step + "".join(f":{value}" for value in combo.values())
+
+
+def expand(
+    pipeline: Pipeline, profile_name: str, run: Path | str, overrides: dict | None = None
+) -> list[Task]:
+    """Concrete tasks of the DAG for one profile and run directory, in dependency order.
+
+    A task needs the instances of each needed step that agree with it on the
+    placeholders they share (``evaluate:main`` needs ``train:main``), or all of them.
+    """
+    profile = pipeline.profile(profile_name)
+    values = {**profile.values, **(overrides or {}), "run": str(run), "profile": profile_name}
+    tasks: list[Task] = []
+    by_step: dict[str, list[Task]] = {}
+    for step in pipeline.steps:
+        by_step[step.name] = []
+        for combo in _combinations(step, values):
+            scope = {k: v for k, v in values.items() if not isinstance(v, list)}
+            scope.update(combo)
+            scope.update(
+                {
+                    k: ",".join(map(str, v))
+                    for k, v in values.items()
+                    if isinstance(v, list) and k not in combo
+                }
+            )
+            try:
+                command = step.command.format(**scope)
+                outputs = tuple(Path(run) / o.format(**scope) for o in step.outputs)
+            except KeyError as exc:
+                raise FmnistError(f"step {step.name!r}: no value for placeholder {exc}") from exc
+            extra = profile.args.get(step.name, "").format(**scope)
+            needs = []
+            for needed in step.needs:
+                for other in by_step[needed]:
+                    shared = set(other.values) & set(combo)
+                    if all(other.values[k] == combo[k] for k in shared):
+                        needs.append(other.id)
+            task = Task(
+                id=_task_id(step.name, combo),
+                step=step.name,
+                args=tuple(shlex.split(command) + shlex.split(extra)),
+                outputs=outputs,
+                needs=tuple(needs),
+                values=combo,
+                resources=step.resources,
+            )
+            by_step[step.name].append(task)
+            tasks.append(task)
+    return tasks
+
+
+@dataclass
+class TaskOutcome:
+    """How one task ended on the local executor."""
+
+    task_id: str
+    status: str  # done | skipped | failed | held
+    seconds: float = 0.0
+    log: Path | None = None
+    returncode: int | None = None
+
+
+def cli_command(args: tuple[str, ...]) -> list[str]:
+    """The process command line that runs ``fmnist-batch ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "fmnist", *args]
+
+
+def _run_task(task: Task, log_dir: Path, env: dict) -> TaskOutcome:
+    log = log_dir / f"{task.id.replace(':', '__')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(log, "w") as handle:
+        handle.write("$ fmnist-batch " + shlex.join(task.args) + "\n")
+        handle.flush()
+        result = subprocess.run(
+            cli_command(task.args), stdout=handle, stderr=subprocess.STDOUT, env=env
+        )
+    status = "done" if result.returncode == 0 else "failed"
+    return TaskOutcome(task.id, status, time.perf_counter() - started, log, result.returncode)
+
+
+def run_local(
+    tasks: list[Task],
+    run: Path | str,
+    jobs: int = 1,
+    force: bool = False,
+    progress: Callable[[str], None] = print,
+) -> list[TaskOutcome]:
+    """Execute tasks on this machine in dependency order, ``jobs`` at a time.
+
+    Tasks whose outputs are complete are skipped (unless ``force``); a failed task
+    holds back everything that depends on it while independent tasks go on.
+    """
+    from joblib import Parallel, delayed
+
+    log_dir = Path(run) / "logs"
+    env = {**os.environ, "FMNIST_EXECUTOR": "local"}
+    outcomes: dict[str, TaskOutcome] = {}
+    pending = list(tasks)
+    while pending:
+        blocked = [
+            t
+            for t in pending
+            if any(outcomes.get(n) and outcomes[n].status in ("failed", "held") for n in t.needs)
+        ]
+        for task in blocked:
+            outcomes[task.id] = TaskOutcome(task.id, "held")
+            progress(f"[held]    {task.id} (a step it needs failed)")
+        pending = [t for t in pending if t not in blocked]
+        ready = [t for t in pending if all(n in outcomes for n in t.needs)]
+        if not ready:
+            break
+        pending = [t for t in pending if t not in ready]
+        to_run = []
+        for task in ready:
+            if not force and task.complete():
+                outcomes[task.id] = TaskOutcome(task.id, "skipped")
+                progress(f"[skip]    {task.id} (outputs complete)")
+            else:
+                to_run.append(task)
+        for task in to_run:
+            progress(f"[start]   {task.id}: fmnist-batch {shlex.join(task.args)}")
+        results = Parallel(n_jobs=max(1, jobs), backend="threading")(
+            delayed(_run_task)(task, log_dir, env) for task in to_run
+        )
+        for outcome in results:
+            outcomes[outcome.task_id] = outcome
+            tail = "" if outcome.status == "done" else f", see {outcome.log}"
+            progress(
+                f"[{outcome.status}]".ljust(10) + f"{outcome.task_id} "
+                f"({outcome.seconds:.1f}s{tail})"
+            )
+    return [outcomes[t.id] for t in tasks if t.id in outcomes]

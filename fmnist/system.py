@@ -1,0 +1,95 @@
+"""What machine and software a job ran on: host, CPU model, ISA flags, library versions."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import socket
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# The ISA extensions that decide which kernels oneDNN and OpenVINO can use.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+LIBRARIES = (
+    "tensorflow",
+    "tensorflow-cpu",
+    "keras",
+    "openvino",
+    "nncf",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "click",
+    "joblib",
+)
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """The host a job ran on, recorded in manifests and timings."""
+
+    host: str
+    cpu_model: str
+    isa_flags: list[str]
+    logical_cpus: int
+    usable_cpus: int
+    python: str
+    libraries: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
+    """CPU model name and the set of flags from the text of ``/proc/cpuinfo``."""
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
+    """Installed versions of the libraries that decide results and speed."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def machine_info() -> MachineInfo:
+    """Describe this machine: host, CPU model, relevant ISA flags, CPU counts, versions."""
+    try:
+        model, flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        model, flags = platform.processor(), set()
+    return MachineInfo(
+        host=socket.gethostname(),
+        cpu_model=model or platform.processor() or "unknown",
+        isa_flags=sorted(flag for flag in ISA_FLAGS if flag in flags),
+        logical_cpus=os.cpu_count() or 1,
+        usable_cpus=len(os.sched_getaffinity(0)),
+        python=platform.python_version(),
+        libraries=library_versions(),
+    )
+
+
+def git_revision(directory: Path | None = None) -> str | None:
+    """The git commit of the project checkout, when there is one."""
+    directory = directory or Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
