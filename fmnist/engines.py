@@ -49,12 +49,15 @@ class EngineInfo:
     details: dict = field(default_factory=dict)
 
 
-EngineFactory = Callable[[RunLayout, str], Engine]
+# A factory builds an engine from (run layout, model name, mode); mode is "latency"
+# (one request at a time, batch 1 is the common case) or "throughput" (large batches).
+EngineFactory = Callable[[RunLayout, str, str], Engine]
+MODES = ("latency", "throughput")
 _FACTORIES: dict[str, EngineFactory] = {}
 
 
 def register_engine(variant: str):
-    """Decorator registering the factory that builds ``variant`` for (layout, model)."""
+    """Decorator registering the factory that builds ``variant`` for (layout, model, mode)."""
 
     def wrap(factory: EngineFactory) -> EngineFactory:
         _FACTORIES[variant] = factory
@@ -70,12 +73,16 @@ def check_variant(variant: str) -> str:
     return variant
 
 
-def create_engine(run: Path | str, model: str, variant: str = "keras-predict") -> Engine:
-    """Build the engine running ``model`` of ``run`` as ``variant``."""
+def create_engine(
+    run: Path | str, model: str, variant: str = "keras-predict", mode: str = "latency"
+) -> Engine:
+    """Build the engine running ``model`` of ``run`` as ``variant`` in ``mode``."""
     check_variant(variant)
+    if mode not in MODES:
+        raise FmnistError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     if variant not in _FACTORIES:
         raise FmnistError(f"variant {variant!r} is not available in this installation")
-    return _FACTORIES[variant](RunLayout(Path(run)), model)
+    return _FACTORIES[variant](RunLayout(Path(run)), model, mode)
 
 
 def predict_in_batches(engine: Engine, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -121,5 +128,5 @@ class KerasEngine:
 
 
 @register_engine("keras-predict")
-def _keras_predict(layout: RunLayout, model: str) -> Engine:
+def _keras_predict(layout: RunLayout, model: str, mode: str) -> Engine:
     return KerasEngine(layout.keras_model(model), "keras-predict")

@@ -191,7 +191,7 @@ def evaluate_model(
     batch_size: int = 256,
 ) -> Evaluation:
     """Run ``model`` as ``variant`` on the test set (first ``limit`` images) and write results."""
-    engine = create_engine(run, model, variant)
+    engine = create_engine(run, model, variant, mode="throughput")
     test = load_dataset(data_dir).test.head(limit)
     started = time.perf_counter()
     probabilities = predict_in_batches(engine, to_model_input(test.images), batch_size)
