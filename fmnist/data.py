@@ -161,7 +161,7 @@ def parse_idx(payload: bytes, kind: str, source: Path | str = "<bytes>") -> np.n
     """Parse IDX bytes holding ``kind`` ('images' or 'labels') into a uint8 array."""
     header_dims = 3 if kind == "images" else 1
     header_size = 4 + 4 * header_dims
-    if len(payload) < header_size:
+    if len(payload) < 4:
         raise FmnistError(f"{source}: truncated IDX header ({len(payload)} bytes)")
     (magic,) = struct.unpack(">i", payload[:4])
     if magic != IDX_MAGIC[kind]:
@@ -169,6 +169,8 @@ def parse_idx(payload: bytes, kind: str, source: Path | str = "<bytes>") -> np.n
             f"{source}: wrong IDX magic number {magic:#010x} for {kind} "
             f"(expected {IDX_MAGIC[kind]:#010x})"
         )
+    if len(payload) < header_size:
+        raise FmnistError(f"{source}: truncated IDX header ({len(payload)} bytes)")
     dims = struct.unpack(f">{header_dims}i", payload[4:header_size])
     expected = int(np.prod(dims))
     body = payload[header_size:]
