@@ -37,8 +37,9 @@ def write_idx_dir(directory, n_train=12, n_test=6):
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         images = rng.integers(0, 256, (n, 28, 28))
         labels = np.arange(n) % 10
-        (directory / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_images(images)))
-        (directory / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_labels(labels)))
+        images_gz, labels_gz = gzip.compress(idx_images(images)), gzip.compress(idx_labels(labels))
+        (directory / f"{prefix}-images-idx3-ubyte.gz").write_bytes(images_gz)
+        (directory / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(labels_gz)
     return directory
 
 
@@ -155,7 +156,8 @@ def test_csv_header_is_kaggle_format(tmp_path):
 def test_csv_bad_row_names_file_and_line(tmp_path, bad_row, message):
     good = "1," + ",".join(["5"] * 784)
     path = tmp_path / "bad.csv"
-    path.write_text("\n".join(["label," + ",".join(f"pixel{i}" for i in range(1, 785)),
-                               good, bad_row]) + "\n")
+    path.write_text(
+        "\n".join(["label," + ",".join(f"pixel{i}" for i in range(1, 785)), good, bad_row]) + "\n"
+    )
     with pytest.raises(FmnistError, match=f"{path}:3: {message}"):
         load_csv(path)
