@@ -1,0 +1,140 @@
+"""The jobs/ DAG: expansion into tasks, and the local executor (order, skip, hold)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from fmnist.cli import main
+from fmnist.io import FmnistError
+from fmnist.pipeline import expand, load_pipeline, run_local
+
+SPEC = """
+[profiles.small]
+description = "test"
+models = ["a", "b"]
+variants = ["x", "y"]
+limit = 5
+[profiles.small.args]
+first = "--limit {limit}"
+
+[[steps]]
+name = "first"
+for_each = { model = "models" }
+command = "data to-csv --split test --out {run}/{model}.csv"
+outputs = ["{model}.csv"]
+
+[[steps]]
+name = "second"
+for_each = { model = "models", variant = "variants" }
+needs = ["first"]
+command = "data to-csv --split test --limit 3 --out {run}/{model}-{variant}.csv"
+outputs = ["{model}-{variant}.csv"]
+
+[[steps]]
+name = "last"
+needs = ["second"]
+command = "data to-csv --split test --limit 2 --out {run}/last.csv --data-dir {data_dir}"
+outputs = ["last.csv"]
+"""
+
+
+@pytest.fixture
+def spec(tmp_path, dataset_dir):
+    path = tmp_path / "pipeline.toml"
+    path.write_text(SPEC)
+    return path
+
+
+def test_expand_fans_out_and_matches_needs_on_shared_placeholders(spec, tmp_path):
+    tasks = expand(load_pipeline(spec), "small", tmp_path, {"data_dir": "D"})
+    by_id = {t.id: t for t in tasks}
+    assert list(by_id) == [
+        "first:a",
+        "first:b",
+        "second:a:x",
+        "second:a:y",
+        "second:b:x",
+        "second:b:y",
+        "last",
+    ]
+    assert by_id["second:b:y"].needs == ("first:b",)
+    assert set(by_id["last"].needs) == {"second:a:x", "second:a:y", "second:b:x", "second:b:y"}
+    assert by_id["first:a"].args[-2:] == ("--limit", "5")
+    assert by_id["first:a"].outputs == (tmp_path / "a.csv",)
+
+
+def test_the_project_pipeline_expands_for_both_profiles(tmp_path):
+    pipeline = load_pipeline()
+    for profile in ("quick", "full"):
+        tasks = expand(pipeline, profile, tmp_path)
+        ids = [t.id for t in tasks]
+        assert {"train:main", "train:backup1", "train:backup2"} <= set(ids)
+        for task in tasks:  # dependency order: everything a task needs comes before it
+            assert all(ids.index(n) < ids.index(task.id) for n in task.needs)
+
+
+def test_bad_specs_are_clear_errors(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[[steps]]\nname = "b"\ncommand = "x"\nneeds = ["a"]\n')
+    with pytest.raises(FmnistError, match="needs \\['a'\\], which are not declared before it"):
+        load_pipeline(path)
+    path.write_text("[[steps]\n")
+    with pytest.raises(FmnistError, match="invalid TOML"):
+        load_pipeline(path)
+    with pytest.raises(FmnistError, match="unknown profile 'huge'"):
+        expand(load_pipeline(), "huge", tmp_path)
+
+
+def test_local_executor_runs_in_order_skips_complete_and_holds_after_failure(
+    spec, tmp_path, dataset_dir
+):
+    run = tmp_path / "run"
+    pipeline = load_pipeline(spec)
+    tasks = expand(pipeline, "small", run, {"data_dir": str(dataset_dir)})
+    outcomes = run_local(tasks, run, jobs=2, progress=lambda m: None)
+    assert [o.status for o in outcomes] == ["done"] * 7
+    assert (run / "last.csv").exists() and (run / "logs" / "second__a__x.log").exists()
+
+    (run / "b-y.csv").unlink()
+    outcomes = {o.task_id: o.status for o in run_local(tasks, run, progress=lambda m: None)}
+    assert outcomes["second:b:y"] == "done" and outcomes["first:a"] == "skipped"
+
+    broken = expand(pipeline, "small", tmp_path / "broken", {"data_dir": str(tmp_path / "none")})
+    outcomes = {
+        o.task_id: o.status for o in run_local(broken, tmp_path / "broken", progress=lambda m: None)
+    }
+    assert outcomes["last"] == "failed" and outcomes["first:a"] == "done"
+    log = (tmp_path / "broken" / "logs" / "last.log").read_text()
+    assert "missing Fashion-MNIST file" in log
+
+
+def test_run_dry_run_lists_the_tasks(tmp_path):
+    result = CliRunner().invoke(
+        main, ["run", "--profile", "quick", "--out", str(tmp_path), "--dry-run"]
+    )
+    assert result.exit_code == 0
+    assert "train:main: fmnist-batch train --model main" in result.output
+
+
+def test_run_reports_failed_steps_and_exits_nonzero(tmp_path, monkeypatch):
+    spec = tmp_path / "p.toml"
+    spec.write_text(
+        textwrap.dedent("""
+        [profiles.quick]
+        [[steps]]
+        name = "broken"
+        command = "data info --data-dir {run}/nowhere"
+        outputs = ["never"]
+        [[steps]]
+        name = "after"
+        needs = ["broken"]
+        command = "data info"
+    """)
+    )
+    monkeypatch.setenv("FMNIST_PIPELINE", str(spec))
+    result = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "broken (failed), after (held)" in result.output
