@@ -180,7 +180,11 @@ def expand(
                 outputs=outputs,
                 needs=tuple(needs),
                 values=combo,
-                resources=step.resources,
+                # Resources may use placeholders too (script = "pbs/train_{model}.sh").
+                resources={
+                    k: v.format(**scope) if isinstance(v, str) else v
+                    for k, v in step.resources.items()
+                },
             )
             by_step[step.name].append(task)
             tasks.append(task)
@@ -203,16 +207,50 @@ def cli_command(args: tuple[str, ...]) -> list[str]:
     return [sys.executable, "-m", "fmnist", *args]
 
 
+def array_size(task: Task) -> int | None:
+    """Elements of an array task (``resources.array``), None for a plain task.
+
+    On a scheduler an array task is one array job; each element finds its index with
+    ``fmnist.jobenv.array_index()``. The local executor runs the elements in turn with
+    ``FMNIST_ARRAY_INDEX`` set, so both leave the same files.
+    """
+    size = task.resources.get("array")
+    if size in (None, ""):
+        return None
+    try:
+        size = int(size)
+    except ValueError as exc:
+        message = f"task {task.id}: resources.array must be a number, not {size!r}"
+        raise FmnistError(message) from exc
+    if size < 1:
+        raise FmnistError(f"task {task.id}: resources.array must be at least 1, not {size}")
+    return size
+
+
+def log_path(log_dir: Path, task_id: str, index: int | None = None) -> Path:
+    """Where a task (or one element of an array task) logs: ``logs/train__main.log``."""
+    suffix = "" if index is None else f".{index}"
+    return Path(log_dir) / f"{task_id.replace(':', '__')}{suffix}.log"
+
+
 def _run_task(task: Task, log_dir: Path, env: dict) -> TaskOutcome:
-    log = log_dir / f"{task.id.replace(':', '__')}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    size = array_size(task)
+    indices = [None] if size is None else list(range(size))
     started = time.perf_counter()
-    with open(log, "w") as handle:
-        handle.write("$ fmnist-batch " + shlex.join(task.args) + "\n")
-        handle.flush()
-        result = subprocess.run(
-            cli_command(task.args), stdout=handle, stderr=subprocess.STDOUT, env=env
-        )
+    for index in indices:
+        log = log_path(log_dir, task.id, index)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        element_env = {**env, "FMNIST_TASK_ID": task.id}
+        if index is not None:
+            element_env["FMNIST_ARRAY_INDEX"] = str(index)
+        with open(log, "w") as handle:
+            handle.write("$ fmnist-batch " + shlex.join(task.args) + "\n")
+            handle.flush()
+            result = subprocess.run(
+                cli_command(task.args), stdout=handle, stderr=subprocess.STDOUT, env=element_env
+            )
+        if result.returncode != 0:
+            break
     status = "done" if result.returncode == 0 else "failed"
     return TaskOutcome(task.id, status, time.perf_counter() - started, log, result.returncode)
 

@@ -28,6 +28,7 @@ from fmnist.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from fmnist.jobenv import current as current_job
 from fmnist.system import git_revision, machine_info
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
@@ -331,3 +332,6 @@ def record_environment(run: Path | str) -> None:
     info = machine_info().to_dict()
     info["git_revision"] = git_revision()
     update_manifest(run, "machine", info["host"], info)
+    # Which scheduler job (or local task) wrote into this run, on which node type.
+    job = current_job()
+    update_manifest(run, "jobs", job.safe_job_id, job.to_dict())

@@ -1,0 +1,151 @@
+"""What batch job this process belongs to: scheduler, job id, array index, node type.
+
+Read from the environment each scheduler gives its jobs: Torque (``PBS_JOBID``,
+``PBS_ARRAYID``), PBS Pro / OpenPBS (``PBS_JOBID``, ``PBS_ARRAY_INDEX``), Slurm
+(``SLURM_JOB_ID``, ``SLURM_ARRAY_TASK_ID``, ...) and the local executor of
+``fmnist-batch run`` (``FMNIST_EXECUTOR=local``). Manifests, timings and sharded scoring
+use it to say which job produced what, on which node type, for which array index.
+
+``FMNIST_NODE_TYPE`` (set by ``fmnist-batch submit`` for each job) names the node type
+when the scheduler does not tell; ``FMNIST_ARRAY_INDEX`` is the array index outside a
+scheduler (the local executor sets it for each element of an array step).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from fmnist.io import FmnistError
+
+DEFAULT_NODE_TYPE = "local"
+KNOWN_NODE_TYPES = ("skl", "clx", "icx", "spr", "local")
+
+
+@dataclass(frozen=True)
+class JobEnvironment:
+    """The batch job around this process (``scheduler`` is ``none`` in a plain shell)."""
+
+    scheduler: str  # torque | pbspro | slurm | local | none
+    job_id: str  # the scheduler's id; local-<task> or <host>-<pid> outside a scheduler
+    array_job_id: str | None  # the id of the whole array when this is one element
+    array_index: int | None
+    job_name: str | None
+    submit_dir: str | None
+    node_type: str
+    task_id: str | None  # the pipeline task (train:main) when run by run/submit/step
+    host: str
+
+    @property
+    def safe_job_id(self) -> str:
+        """The job id usable as a file name (``123[4].server`` -> ``123-4-.server``)."""
+        return re.sub(r"[^A-Za-z0-9._-]", "-", self.job_id)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _index(value: str | None, name: str) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise FmnistError(f"{name}={value!r}: an array index must be an integer") from exc
+
+
+def _node_type_from_constraint(constraint: str | None, known: tuple[str, ...]) -> str | None:
+    # Slurm's constraint is an expression (spr&avx512, [icx|spr]): pick the node-type name.
+    for word in re.split(r"[^A-Za-z0-9_-]+", constraint or ""):
+        if word in known:
+            return word
+    return None
+
+
+def scheduler_of(env: Mapping[str, str]) -> str:
+    """Which scheduler started this process, judged from its environment variables."""
+    if env.get("SLURM_JOB_ID"):
+        return "slurm"
+    if env.get("PBS_JOBID"):
+        # Both PBS families set PBS_JOBID; only PBS Pro has PBS_ARRAY_INDEX / PBS_JOBDIR,
+        # only Torque has PBS_ARRAYID / PBS_NUM_PPN and a TORQUE- version string.
+        if "PBS_ARRAY_INDEX" in env or "PBS_JOBDIR" in env:
+            return "pbspro"
+        return "torque"
+    if env.get("FMNIST_EXECUTOR") == "local":
+        return "local"
+    return "none"
+
+
+def parse_job_environment(
+    env: Mapping[str, str],
+    host: str | None = None,
+    pid: int | None = None,
+    known_node_types: tuple[str, ...] = KNOWN_NODE_TYPES,
+) -> JobEnvironment:
+    """The job environment described by ``env`` (a pure function of its arguments)."""
+    host = host or socket.gethostname()
+    pid = os.getpid() if pid is None else pid
+    scheduler = scheduler_of(env)
+    task_id = env.get("FMNIST_TASK_ID") or None
+    node_type = env.get("FMNIST_NODE_TYPE") or None
+    array_job_id = None
+    if scheduler == "slurm":
+        job_id = env["SLURM_JOB_ID"]
+        array_index = _index(env.get("SLURM_ARRAY_TASK_ID"), "SLURM_ARRAY_TASK_ID")
+        array_job_id = env.get("SLURM_ARRAY_JOB_ID") if array_index is not None else None
+        job_name = env.get("SLURM_JOB_NAME")
+        submit_dir = env.get("SLURM_SUBMIT_DIR")
+        node_type = (
+            _node_type_from_constraint(env.get("SLURM_JOB_CONSTRAINTS"), known_node_types)
+            or node_type
+        )
+    elif scheduler in ("torque", "pbspro"):
+        job_id = env["PBS_JOBID"]
+        name = "PBS_ARRAYID" if scheduler == "torque" else "PBS_ARRAY_INDEX"
+        array_index = _index(env.get(name), name)
+        if array_index is not None:
+            # Element 123[4].server belongs to array 123[].server.
+            array_job_id = re.sub(r"\[\d+\]", "[]", job_id)
+        job_name = env.get("PBS_JOBNAME")
+        submit_dir = env.get("PBS_O_WORKDIR")
+    else:
+        array_index = _index(env.get("FMNIST_ARRAY_INDEX"), "FMNIST_ARRAY_INDEX")
+        job_name = task_id
+        submit_dir = None
+        if task_id:
+            job_id = "local-" + task_id.replace(":", "-")
+            if array_index is not None:
+                job_id += f"-{array_index}"
+        else:
+            job_id = f"{host}-{pid}"
+    return JobEnvironment(
+        scheduler=scheduler,
+        job_id=job_id,
+        array_job_id=array_job_id,
+        array_index=array_index,
+        job_name=job_name,
+        submit_dir=submit_dir,
+        node_type=node_type or DEFAULT_NODE_TYPE,
+        task_id=task_id,
+        host=host,
+    )
+
+
+def current() -> JobEnvironment:
+    """The job environment of this process."""
+    from fmnist.nodetypes import node_type_names
+
+    try:
+        known = node_type_names()
+    except FmnistError:
+        known = KNOWN_NODE_TYPES  # a broken catalog must not stop a job from recording itself
+    return parse_job_environment(os.environ, known_node_types=known)
+
+
+def array_index() -> int | None:
+    """This process's array index (Torque, PBS Pro, Slurm or the local executor), if any."""
+    return current().array_index

@@ -1,0 +1,77 @@
+"""The node-type catalog of ``jobs/node_types.toml``: each name's request per scheduler flavor."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from fmnist.io import FmnistError
+
+FLAVORS = ("torque", "pbspro", "slurm")
+DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "jobs" / "node_types.toml"
+
+
+@dataclass(frozen=True)
+class NodeType:
+    """A kind of node (``spr``) and the qsub/sbatch arguments that ask for it."""
+
+    name: str
+    description: str
+    requests: dict[str, tuple[str, ...]]  # flavor -> arguments
+
+    def request(self, flavor: str) -> tuple[str, ...]:
+        return self.requests[flavor]
+
+
+def catalog_path() -> Path:
+    """The catalog in use: ``FMNIST_NODE_TYPES`` or the project's ``jobs/node_types.toml``."""
+    return Path(os.environ.get("FMNIST_NODE_TYPES", DEFAULT_CATALOG))
+
+
+def load_node_types(path: Path | str | None = None) -> dict[str, NodeType]:
+    """Parse and check the node-type catalog: every entry names a request for every flavor."""
+    path = Path(path) if path else catalog_path()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise FmnistError(f"{path}: node-type catalog not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise FmnistError(f"{path}: invalid TOML ({exc})") from exc
+    types = {}
+    for name, body in raw.get("node_types", {}).items():
+        missing = [flavor for flavor in FLAVORS if flavor not in body]
+        if missing:
+            raise FmnistError(
+                f"{path}: node type {name!r} has no request for {', '.join(missing)} "
+                "(use an empty string for no request)"
+            )
+        types[name] = NodeType(
+            name=name,
+            description=body.get("description", ""),
+            requests={flavor: tuple(shlex.split(body[flavor])) for flavor in FLAVORS},
+        )
+    if not types:
+        raise FmnistError(f"{path}: no [node_types.<name>] entries")
+    return types
+
+
+def node_type_names(path: Path | str | None = None) -> tuple[str, ...]:
+    """The names in the catalog, in declaration order."""
+    return tuple(load_node_types(path))
+
+
+def parse_node_type_list(text: str, catalog: dict[str, NodeType]) -> list[str]:
+    """``"spr,icx"`` -> ``["spr", "icx"]``, each checked against the catalog."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise FmnistError("--node-type: give at least one node type")
+    unknown = [name for name in names if name not in catalog]
+    if unknown:
+        raise FmnistError(
+            f"unknown node type(s) {', '.join(unknown)}; known: {', '.join(catalog)} "
+            f"(add one to {catalog_path()})"
+        )
+    return list(dict.fromkeys(names))

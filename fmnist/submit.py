@@ -1,0 +1,387 @@
+"""``fmnist-batch submit`` and ``status``: the pipeline DAG as scheduler jobs with dependencies.
+
+The DAG is the one ``fmnist-batch run`` executes (``fmnist.pipeline.expand`` over
+``jobs/pipeline.toml``): one job per task, running ``pbs/<script>`` which calls
+``fmnist-batch step <task>``; each job waits (afterok) for the jobs of the tasks it
+needs, so a failed job holds back everything downstream. A step declares its job in
+the TOML and needs no code here::
+
+    resources = { script = "pbs/score_array.sh", walltime = "02:00:00", array = "{shards}" }
+
+``script`` defaults to ``pbs/<step>.sh``, ``walltime`` to one hour; ``array = N`` makes the
+task one array job of N elements. Steps that fan out over ``node_type`` go to that node
+type; every other job goes to the first node type requested.
+
+Job ids land in ``RUN/jobs.json`` (written after every submission, so an interrupted
+submit still knows what it sent); ``--resume`` keeps queued and running jobs, skips tasks
+whose outputs are complete and submits the rest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from fmnist.io import FmnistError, write_json_atomic
+from fmnist.nodetypes import NodeType, load_node_types
+from fmnist.pipeline import Pipeline, Task, array_size, expand, log_path
+from fmnist.scheduler import (
+    ACTIVE,
+    COMPLETED,
+    UNKNOWN,
+    Dependency,
+    JobState,
+    Submission,
+    cancel_jobs,
+    parse_job_id,
+    query_states,
+    run_command,
+    submit_command,
+)
+from fmnist.step import env_name, scalar_overrides
+
+PROJECT = Path(__file__).resolve().parent.parent
+JOBS_FILE = "jobs.json"
+DEFAULT_WALLTIME = "01:00:00"
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """One task of the DAG as a scheduler job (before it has an id)."""
+
+    task: Task
+    submission: Submission  # dependencies are filled in at submit time
+    node_type: str
+
+    @property
+    def array(self) -> int | None:
+        return self.submission.array
+
+
+@dataclass
+class SubmitSettings:
+    """What a submission was made with; recorded in jobs.json and reused by --resume."""
+
+    scheduler: str
+    profile: str
+    node_types: list[str]
+    pipeline: str
+    run: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SubmitResult:
+    """What one submit call did, task by task."""
+
+    record: dict
+    actions: dict[str, str] = field(default_factory=dict)  # task id -> submitted|kept|complete
+
+
+def job_name(task_id: str) -> str:
+    """A scheduler job name for a task: ``benchmark:main:spr`` -> ``benchmark_main_spr``."""
+    return task_id.replace(":", "_")
+
+
+def _script(task: Task) -> Path:
+    script = Path(task.resources.get("script") or f"pbs/{task.step}.sh")
+    script = script if script.is_absolute() else PROJECT / script
+    if not script.exists():
+        raise FmnistError(
+            f"task {task.id}: job script {script} not found "
+            "(set resources.script for this step in the pipeline spec)"
+        )
+    return script
+
+
+def _check_walltime(task: Task) -> str:
+    walltime = str(task.resources.get("walltime") or DEFAULT_WALLTIME)
+    if not all(part.isdigit() for part in walltime.split(":")) or walltime.count(":") > 2:
+        raise FmnistError(f"task {task.id}: walltime {walltime!r} is not [[HH:]MM:]SS")
+    return walltime
+
+
+def job_environment(task: Task, settings: SubmitSettings, node_type: str) -> dict[str, str]:
+    """The variables a task's job gets: run, profile, spec, and its placeholder values."""
+    env = {
+        "FMNIST_RUN": settings.run,
+        "FMNIST_PROFILE": settings.profile,
+        "FMNIST_PIPELINE": settings.pipeline,
+        "FMNIST_NODE_TYPE": node_type,
+    }
+    for key, value in task.values.items():
+        env[env_name(key)] = str(value)
+    # The jobs use the interpreter environment that submitted them, wherever they start.
+    if sys.prefix != sys.base_prefix:
+        env.setdefault("FMNIST_VENV", sys.prefix)
+    return env
+
+
+def plan_jobs(
+    tasks: list[Task],
+    settings: SubmitSettings,
+    catalog: dict[str, NodeType],
+) -> list[PlannedJob]:
+    """One job per task, in dependency order, with the flavor-neutral submission details."""
+    planned = []
+    run = Path(settings.run)
+    for task in tasks:
+        node_type = str(task.values.get("node_type", settings.node_types[0]))
+        if node_type not in catalog:
+            raise FmnistError(f"task {task.id}: node type {node_type!r} not in the catalog")
+        submission = Submission(
+            name=job_name(task.id),
+            script=str(_script(task)),
+            walltime=_check_walltime(task),
+            request=catalog[node_type].request(settings.scheduler),
+            env=job_environment(task, settings, node_type),
+            log=str(log_path(run / "logs", task.id)),
+            array=array_size(task),
+        )
+        planned.append(PlannedJob(task, submission, node_type))
+    return planned
+
+
+def shell_variable(task_id: str) -> str:
+    """The shell variable that holds a task's job id in a dry-run script."""
+    return "JOB_" + "".join(c if c.isalnum() else "_" for c in task_id)
+
+
+def _shell_word(word: str) -> str:
+    if "${JOB_" in word:
+        return '"' + word + '"'  # job ids are only known when the script runs
+    return shlex.quote(word)
+
+
+def dry_run_script(
+    planned: list[PlannedJob], flavor: str, complete: frozenset[str] = frozenset()
+) -> str:
+    """The submission as a bash script: each job's id captured for its dependents.
+
+    Tasks in ``complete`` (outputs on disk) get no job, as in a real submission.
+    """
+    lines = ["#!/usr/bin/env bash", "set -euo pipefail"]
+    log_dirs = sorted({str(Path(job.submission.log).parent) for job in planned})
+    lines.append("mkdir -p " + " ".join(shlex.quote(d) for d in log_dirs))
+    for job in planned:
+        if job.task.id in complete:
+            lines.append(f"# {job.task.id}: outputs complete, no job")
+            continue
+        after = tuple(
+            Dependency("${" + shell_variable(need) + "}", _is_array(planned, need))
+            for need in job.task.needs
+            if need not in complete
+        )
+        submission = replace(job.submission, after=after)
+        command = " ".join(_shell_word(word) for word in submit_command(flavor, submission))
+        lines.append(f"{shell_variable(job.task.id)}=$({command})")
+    return "\n".join(lines) + "\n"
+
+
+def _is_array(planned: list[PlannedJob], task_id: str) -> bool:
+    return any(job.task.id == task_id and job.array for job in planned)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def read_record(run: Path | str) -> dict | None:
+    """``RUN/jobs.json``, or None when nothing was submitted for this run."""
+    path = Path(run) / JOBS_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise FmnistError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def submit_jobs(
+    planned: list[PlannedJob],
+    settings: SubmitSettings,
+    previous: dict | None,
+    progress: Callable[[str], None] = print,
+    runner: Callable[[list[str]], str] | None = None,
+) -> SubmitResult:
+    """Submit the planned jobs in order, each after the jobs of the tasks it needs.
+
+    Tasks whose outputs are complete get no job. With a ``previous`` record (--resume),
+    a task whose job is still queued or running keeps it, unless a task it needs is
+    being submitted again: then the old job (which waits for a job that failed) is
+    cancelled and replaced.
+    """
+    runner = runner or (lambda command: run_command(command).stdout)
+    run = Path(settings.run)
+    old_jobs = (previous or {}).get("jobs", {})
+    states = (
+        query_states(settings.scheduler, [j["job_id"] for j in old_jobs.values()])
+        if old_jobs
+        else {}
+    )
+    record = {
+        "settings": settings.to_dict(),
+        "submitted": (previous or {}).get("submitted", []) + [_now()],
+        "order": [job.task.id for job in planned],  # DAG order (the JSON keys get sorted)
+        "jobs": dict(old_jobs),
+    }
+    result = SubmitResult(record)
+    current: dict[str, Dependency] = {}  # task id -> the job its dependents wait for
+    for job in planned:
+        task = job.task
+        old = old_jobs.get(task.id)
+        state = states.get(old["job_id"]) if old else None
+        needs_resubmitted = any(result.actions.get(n) == "submitted" for n in task.needs)
+        if task.complete():
+            result.actions[task.id] = "complete"
+            progress(f"[complete]  {task.id} (outputs on disk)")
+            continue
+        if state and state.state in ACTIVE and not needs_resubmitted:
+            result.actions[task.id] = "kept"
+            current[task.id] = Dependency(old["job_id"], bool(old.get("array")))
+            progress(f"[kept]      {task.id}: job {old['job_id']} is {state.state}")
+            continue
+        if state and state.state in ACTIVE:
+            cancel_jobs(settings.scheduler, [old["job_id"]])
+            progress(f"[cancelled] {task.id}: job {old['job_id']} waited for a replaced job")
+        after = tuple(current[n] for n in task.needs if n in current)
+        submission = replace(job.submission, after=after)
+        command = submit_command(settings.scheduler, submission)
+        job_id = parse_job_id(settings.scheduler, runner(command))
+        current[task.id] = Dependency(job_id, bool(job.array))
+        result.actions[task.id] = "submitted"
+        history = []
+        if old:  # earlier jobs of this task, newest first
+            history = [{k: v for k, v in old.items() if k != "history"}, *old.get("history", [])]
+        record["jobs"][task.id] = {
+            "job_id": job_id,
+            "name": submission.name,
+            "node_type": job.node_type,
+            "array": job.array,
+            "needs": list(task.needs),
+            "after": [d.job_id for d in after],
+            "outputs": [str(p.relative_to(run)) for p in task.outputs],
+            "log": str(Path(submission.log).relative_to(run)),
+            "command": command,
+            "submitted_at": _now(),
+            "history": history,
+        }
+        # Written after every job: an interrupted submit still knows what it sent.
+        write_json_atomic(run / JOBS_FILE, record)
+        waits = f" after {', '.join(d.job_id for d in after)}" if after else ""
+        progress(f"[submitted] {task.id}: job {job_id}{waits}")
+    write_json_atomic(run / JOBS_FILE, record)
+    return result
+
+
+def submit_pipeline(
+    pipeline: Pipeline,
+    settings: SubmitSettings,
+    dry_run: bool = False,
+    resume: bool = False,
+    progress: Callable[[str], None] = print,
+) -> tuple[list[PlannedJob], SubmitResult | None, str]:
+    """Plan the DAG for ``settings`` and submit it (or only render it, with ``dry_run``)."""
+    catalog = load_node_types()
+    for name in settings.node_types:
+        if name not in catalog:
+            raise FmnistError(f"unknown node type {name!r}; known: {', '.join(catalog)}")
+    overrides = {
+        **scalar_overrides(pipeline, settings.profile, os.environ),
+        "node_types": settings.node_types,
+    }
+    tasks = expand(pipeline, settings.profile, settings.run, overrides)
+    planned = plan_jobs(tasks, settings, catalog)
+    complete = frozenset(task.id for task in tasks if task.complete())
+    script = dry_run_script(planned, settings.scheduler, complete)
+    if dry_run:
+        return planned, None, script
+    previous = read_record(settings.run)
+    if previous and not resume:
+        raise FmnistError(
+            f"{Path(settings.run) / JOBS_FILE}: jobs were already submitted for this run; "
+            "add --resume to submit what is incomplete, or choose another --out"
+        )
+    if resume and not previous:
+        raise FmnistError(f"{Path(settings.run) / JOBS_FILE}: nothing submitted yet to resume")
+    # Schedulers open the job's log before the job runs: its directory must exist.
+    (Path(settings.run) / "logs").mkdir(parents=True, exist_ok=True)
+    return planned, submit_jobs(planned, settings, previous, progress), script
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """A task's job, what the scheduler says of it and what is on disk."""
+
+    task_id: str
+    job_id: str
+    state: str  # done | the scheduler's normalised state
+    detail: str
+    outputs_present: int
+    outputs_total: int
+
+
+def task_statuses(run: Path | str, states: dict[str, JobState], record: dict) -> list[TaskStatus]:
+    """Combine the record, the scheduler's states and the files on disk (pure)."""
+    run = Path(run)
+    statuses = []
+    jobs = record.get("jobs", {})
+    order = [t for t in record.get("order", []) if t in jobs]
+    order += [t for t in jobs if t not in order]
+    for task_id in order:
+        job = jobs[task_id]
+        outputs = [run / o for o in job.get("outputs", [])]
+        present = sum(path.exists() for path in outputs)
+        scheduler_state = states.get(job["job_id"], JobState(UNKNOWN, "not known to the scheduler"))
+        complete = bool(outputs) and present == len(outputs)
+        if complete and scheduler_state.state not in ACTIVE:
+            state = "done"
+        elif scheduler_state.state == COMPLETED and not complete:
+            state = "incomplete"  # the job ended well but its outputs are not all there
+        else:
+            state = scheduler_state.state
+        statuses.append(
+            TaskStatus(
+                task_id,
+                job["job_id"],
+                state,
+                scheduler_state.detail,
+                present,
+                len(outputs),
+            )
+        )
+    return statuses
+
+
+def run_status(run: Path | str) -> list[TaskStatus]:
+    """The status of every submitted task of ``run`` (asks the scheduler)."""
+    record = read_record(run)
+    if record is None:
+        raise FmnistError(f"{Path(run) / JOBS_FILE}: not found; nothing was submitted for {run}")
+    flavor = record["settings"]["scheduler"]
+    states = query_states(flavor, [job["job_id"] for job in record["jobs"].values()])
+    return task_statuses(run, states, record)
+
+
+def format_statuses(statuses: list[TaskStatus]) -> str:
+    """A plain-text table of task states."""
+    rows = [("TASK", "JOB", "STATE", "OUTPUTS", "SCHEDULER SAYS")]
+    for s in statuses:
+        outputs = f"{s.outputs_present}/{s.outputs_total}"
+        rows.append((s.task_id, s.job_id, s.state, outputs, s.detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    )

@@ -1,0 +1,25 @@
+#!/bin/bash
+# Train `backup2` (the seed's Model 3, 2ndBackup) in the run directory.
+#
+#   Torque, PBS Pro:  qsub -v FMNIST_RUN=$PWD/outputs/quick,FMNIST_PROFILE=quick pbs/train_backup2.sh
+#   Slurm:            sbatch --export=ALL,FMNIST_RUN=$PWD/outputs/quick pbs/train_backup2.sh
+#   no scheduler:     bash pbs/train_backup2.sh
+#
+# FMNIST_RUN: run directory (default outputs/<profile>); FMNIST_PROFILE: quick|full (default
+# quick); FMNIST_VENV: the project's virtualenv (default .venv).
+# The command's arguments come from the profile in jobs/pipeline.toml (`fmnist-batch step`),
+# so this job does exactly what `fmnist-batch run` does for the same task.
+#PBS -N train_backup2
+#PBS -l walltime=04:00:00
+#PBS -l nodes=1:ppn=2
+#PBS -j oe
+#SBATCH --job-name=train_backup2
+#SBATCH --time=04:00:00
+#SBATCH --nodes=1
+# ppn=2 in Slurm's words (sbatch reads the #PBS lines too): two tasks' worth of CPUs.
+#SBATCH --ntasks=2
+#SBATCH --output=%x.o%j
+set -e
+cd "${PBS_O_WORKDIR:-${SLURM_SUBMIT_DIR:-.}}"
+source "${FMNIST_VENV:-.venv}/bin/activate"
+exec fmnist-batch step train:backup2
