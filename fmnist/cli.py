@@ -811,5 +811,37 @@ def verify_command(directory, input_csv, merge):
         click.echo(f"merged {rows} predictions into {merge}")
 
 
+# --------------------------------------------------------------------------- report
+
+
+@main.command("report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Report directory (default: RUN/report for a single run; required for several).",
+)
+def report_command(runs, out):
+    """Merge runs into report.md, a self-contained report.html, results.csv and figures.
+
+    Several runs (for example the same pipeline on icx and spr nodes) appear side by
+    side. A missing piece (a failed benchmark, a model never optimized) is a marked gap
+    with its reason.
+
+    \b
+    Example:
+      fmnist-batch report outputs/quick
+      fmnist-batch report outputs/icx outputs/spr --out outputs/compare
+    """
+    from fmnist.report import build_report
+
+    files = build_report(list(runs), out, progress=_progress)
+    click.echo(
+        f"report: {files.html} ({files.markdown.name}, {files.csv.name}, "
+        f"{len(files.figures)} figures, {files.gaps} gap reason(s))"
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -130,3 +130,7 @@ class KerasEngine:
 @register_engine("keras-predict")
 def _keras_predict(layout: RunLayout, model: str, mode: str) -> Engine:
     return KerasEngine(layout.keras_model(model), "keras-predict")
+
+
+# The optimized variants live in their own modules and register themselves on import.
+from fmnist import onednn, openvino_engines  # noqa: E402, F401

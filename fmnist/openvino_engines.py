@@ -1,0 +1,237 @@
+"""OpenVINO engines: the IR of a model run by the CPU plugin in f32, bf16 or int8.
+
+Precision is always asked for explicitly (``INFERENCE_PRECISION_HINT``): the CPU plugin
+runs bf16 by default where the CPU supports it, so an unset hint would silently change
+what a "f32" figure means. The precision the compiled model reports back is recorded.
+
+Latency mode keeps one infer request and one preallocated input tensor per batch size
+that shares memory with a NumPy array: a call copies the batch into that array and
+runs the request, with no per-call allocation or dictionary building. Throughput mode
+keeps the plugin's optimal number of requests busy through an ``AsyncInferQueue``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from fmnist.engines import EngineInfo, register_engine
+from fmnist.io import FmnistError, RunLayout
+
+INPUT_SHAPE = (28, 28, 1)
+# Execution precision of each variant, and the IR it reads.
+VARIANT_PRECISION = {"openvino-f32": "f32", "openvino-bf16": "bf16", "openvino-int8": "f32"}
+VARIANT_IR = {"openvino-f32": "f32", "openvino-bf16": "f32", "openvino-int8": "int8"}
+PERFORMANCE_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+
+
+class VariantUnsupported(FmnistError):
+    """This machine cannot run the variant as asked (e.g. bf16 on a CPU without bf16).
+
+    The benchmark records such a variant as skipped with this message as the reason.
+    """
+
+
+@lru_cache(maxsize=1)
+def core():
+    """The process-wide OpenVINO runtime core (creating one loads the plugins)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+def cpu_capabilities() -> list[str]:
+    """The CPU plugin's optimization capabilities, e.g. ['FP32', 'INT8', 'BF16']."""
+    return [str(c) for c in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def _precision_name(value) -> str:
+    # The plugin reports an ov.Type ('float32', 'bf16', ...); name it as our variants do.
+    text = str(getattr(value, "type_name", None) or value).lower()
+    return {"float32": "f32", "fp32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(text, text)
+
+
+def read_ir(xml: Path):
+    """Read an IR, with a clear error naming the file when it is missing or damaged."""
+    xml = Path(xml)
+    bin_path = xml.with_suffix(".bin")
+    for path in (xml, bin_path):
+        if not path.is_file():
+            raise FmnistError(
+                f"{path}: OpenVINO IR file not found (run 'fmnist-batch optimize' first)"
+            )
+    try:
+        return core().read_model(str(xml), str(bin_path))
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+        raise FmnistError(f"{xml}: cannot read OpenVINO IR ({first_line})") from exc
+
+
+def compile_ir(xml: Path, precision: str, mode: str):
+    """Compile an IR for the CPU with explicit precision and performance hints.
+
+    A bf16 request on a CPU the plugin does not run bf16 on raises VariantUnsupported
+    instead of quietly running f32.
+    """
+    if precision == "bf16" and "BF16" not in cpu_capabilities():
+        raise VariantUnsupported(
+            "bf16 inference needs a CPU with native bf16 (AVX512_BF16 or AMX); this CPU's "
+            f"OpenVINO capabilities are {', '.join(cpu_capabilities())}"
+        )
+    model = read_ir(xml)
+    config = {
+        "INFERENCE_PRECISION_HINT": precision,
+        "PERFORMANCE_HINT": PERFORMANCE_HINTS[mode],
+    }
+    try:
+        compiled = core().compile_model(model, "CPU", config)
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "failed"
+        raise FmnistError(f"{xml}: OpenVINO cannot compile this IR ({first_line})") from exc
+    executed = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    if executed != precision:
+        raise VariantUnsupported(
+            f"asked the CPU plugin for {precision}, it compiled {xml} for {executed}"
+        )
+    return compiled
+
+
+COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution")
+_RUNTIME_PRECISIONS = {"u8": "int8", "i8": "int8", "f32": "f32", "bf16": "bf16", "f16": "f16"}
+
+
+def executed_precision(compiled) -> str:
+    """The precision the compute layers actually run in, from the plugin's runtime graph.
+
+    'int8' for a quantized IR, the hint's precision otherwise; a mix (layers left in
+    f32 by accuracy-controlled quantization) reads 'int8+f32'.
+    """
+    seen = []
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if str(info["layerType"].astype(str)) not in COMPUTE_LAYERS:
+            continue
+        precision = str(info["runtimePrecision"].astype(str))
+        name = _RUNTIME_PRECISIONS.get(precision, precision)
+        if name not in seen:
+            seen.append(name)
+    order = ["int8", "bf16", "f16", "f32"]
+    return "+".join(sorted(seen, key=lambda p: order.index(p) if p in order else len(order)))
+
+
+class OpenVINOEngine:
+    """An IR compiled for the CPU plugin, in latency or throughput mode."""
+
+    def __init__(self, xml: Path, variant: str, precision: str, mode: str):
+        self.variant = variant
+        self.mode = mode
+        self.compiled = compile_ir(xml, precision, mode)
+        self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.info = EngineInfo(
+            variant=variant,
+            model_path=str(xml),
+            executed_precision=executed_precision(self.compiled),
+            threads=int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
+            details={
+                "performance_hint": PERFORMANCE_HINTS[mode],
+                "inference_precision_hint": _precision_name(
+                    self.compiled.get_property("INFERENCE_PRECISION_HINT")
+                ),
+                "streams": int(self.compiled.get_property("NUM_STREAMS")),
+                "infer_requests": self.requests,
+                "ir": VARIANT_IR[variant],
+            },
+        )
+        self._request = self.compiled.create_infer_request()
+        self._inputs: dict[int, tuple[np.ndarray, object]] = {}
+        self._bound: int | None = None
+        self._queue = None
+
+    # ------------------------------------------------------------------ latency path
+
+    def _input_for(self, size: int) -> np.ndarray:
+        import openvino as ov
+
+        entry = self._inputs.get(size)
+        if entry is None:
+            array = np.zeros((size, *INPUT_SHAPE), dtype=np.float32)
+            entry = (array, ov.Tensor(array, shared_memory=True))
+            self._inputs[size] = entry
+        if self._bound != size:
+            self._request.set_input_tensor(entry[1])
+            self._bound = size
+        return entry[0]
+
+    def _infer_one(self, batch: np.ndarray) -> np.ndarray:
+        np.copyto(self._input_for(len(batch)), batch, casting="same_kind")
+        # start_async + wait runs the request without building a result dictionary.
+        self._request.start_async()
+        self._request.wait()
+        return self._request.get_output_tensor(0).data.copy()
+
+    # ------------------------------------------------------------------ throughput path
+
+    def _async_queue(self):
+        if self._queue is None:
+            import openvino as ov
+
+            self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        return self._queue
+
+    def predict_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Probabilities for each batch, in order, keeping every infer request busy."""
+        if self.mode == "latency":
+            for batch in batches:
+                yield self._infer_one(batch)
+            return
+        import openvino as ov
+
+        queue = self._async_queue()
+        # No Python callback: a request that comes back idle still holds the output of
+        # the batch it ran, which is read before the request is reused (as benchmark_app
+        # does). Completion threads then never need the GIL.
+        in_flight: dict[int, tuple[int, np.ndarray]] = {}  # request id -> (batch index, input)
+        results: dict[int, np.ndarray] = {}
+        next_out = 0
+        for index, batch in enumerate(batches):
+            request_id = queue.get_idle_request_id()
+            if request_id in in_flight:
+                done_index, _ = in_flight.pop(request_id)
+                results[done_index] = queue[request_id].get_output_tensor(0).data.copy()
+            batch = np.ascontiguousarray(batch, dtype=np.float32)
+            # The request reads the batch in place; in_flight keeps the array alive.
+            queue[request_id].set_input_tensor(ov.Tensor(batch, shared_memory=True))
+            queue.start_async()
+            in_flight[request_id] = (index, batch)
+            while next_out in results:
+                yield results.pop(next_out)
+                next_out += 1
+        queue.wait_all()
+        for request_id, (done_index, _) in in_flight.items():
+            results[done_index] = queue[request_id].get_output_tensor(0).data.copy()
+        while next_out in results:
+            yield results.pop(next_out)
+            next_out += 1
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, 10) for a float32 batch (N, 28, 28, 1)."""
+        if self.mode == "latency" or len(batch) < 2 * self.requests:
+            return self._infer_one(batch)
+        # Split a large batch over the parallel requests (one per stream).
+        parts = np.array_split(batch, self.requests)
+        return np.concatenate(list(self.predict_many(parts)))
+
+
+def _factory(variant: str):
+    def build(layout: RunLayout, model: str, mode: str) -> OpenVINOEngine:
+        xml = layout.openvino_ir(model, VARIANT_IR[variant])
+        return OpenVINOEngine(xml, variant, VARIANT_PRECISION[variant], mode)
+
+    return build
+
+
+for _variant in VARIANT_PRECISION:
+    register_engine(_variant)(_factory(_variant))

@@ -1,0 +1,114 @@
+"""OpenVINO's own benchmark_app as a yardstick beside our harness.
+
+benchmark_app ships in the openvino wheel. It runs the same IR with the same precision,
+performance hint and batch size as our engine, and reports the runtime's own request
+latency: the closest a harness can get. Its figures go into the timings beside ours
+(``source`` = ``benchmark_app``).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from fmnist.bench import BenchConfig, failed_row
+from fmnist.io import FmnistError, RunLayout
+
+
+def benchmark_app_path() -> Path:
+    """OpenVINO's benchmark_app from the wheel installed beside this interpreter."""
+    candidate = Path(sys.executable).parent / "benchmark_app"
+    if candidate.exists():
+        return candidate
+    import shutil
+
+    found = shutil.which("benchmark_app")
+    if not found:
+        raise FmnistError("benchmark_app not found (it ships with the openvino wheel)")
+    return Path(found)
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse_benchmark_app(text: str) -> dict:
+    """Median/average latency (ms), throughput and iteration count from its report."""
+    figures = {}
+    for key, pattern in (
+        ("iterations", r"Count:\s+(\d+)\s+iterations"),
+        ("median_ms", r"Median:\s+([\d.]+)\s+(us|ms|s)\b"),
+        ("mean_ms", r"Average:\s+([\d.]+)\s+(us|ms|s)\b"),
+        ("images_per_second", r"Throughput:\s+([\d.]+)\s+FPS"),
+    ):
+        match = re.search(pattern, text)
+        if not match:
+            raise FmnistError(f"benchmark_app output has no {key} figure")
+        value = float(match.group(1))
+        figures[key] = value * _UNITS[match.group(2)] if key.endswith("_ms") else value
+    figures["iterations"] = int(figures["iterations"])
+    return figures
+
+
+def run_benchmark_app(xml: Path, precision: str, mode: str, batch_size: int, seconds: float):
+    """Run benchmark_app on an IR as our engine runs it: same precision, hint and batch."""
+    command = [
+        str(benchmark_app_path()),
+        "-m", str(xml),
+        "-d", "CPU",
+        "-hint", mode,
+        "-infer_precision", precision,
+        "-data_shape", f"[{batch_size},28,28,1]",
+        "-t", f"{max(1, round(seconds))}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-1:] or ["no output"]
+        raise FmnistError(f"benchmark_app failed on {xml}: {tail[0]}")
+    return parse_benchmark_app(result.stdout)
+
+
+def yardstick_rows(config: BenchConfig, rows: list[dict], progress: Callable) -> list[dict]:
+    """benchmark_app's figures for every OpenVINO row we measured, beside ours."""
+    from fmnist.openvino_engines import VARIANT_IR, VARIANT_PRECISION
+
+    layout = RunLayout(Path(config.run))
+    out = []
+    for row in rows:
+        variant = row["variant"]
+        if row["status"] != "ok" or variant not in VARIANT_IR:
+            continue
+        xml = layout.openvino_ir(config.model, VARIANT_IR[variant])
+        try:
+            figures = run_benchmark_app(
+                xml,
+                VARIANT_PRECISION[variant],
+                row["mode"],
+                row["batch_size"],
+                config.yardstick_seconds,
+            )
+        except FmnistError as exc:
+            out.append({**failed_row(variant, "failed", str(exc)), "source": "benchmark_app"})
+            continue
+        rate = figures["images_per_second"]
+        progress(
+            f"[benchmark] {config.model} {variant} benchmark_app {row['mode']} "
+            f"bs{row['batch_size']}: median {figures['median_ms']:.3f} ms, {rate:,.0f} img/s"
+        )
+        out.append(
+            {
+                **{k: row[k] for k in ("variant", "mode", "batch_size", "threads")},
+                "executed_precision": row["executed_precision"],
+                "source": "benchmark_app",
+                "measure": "request latency",
+                "iterations": figures["iterations"],
+                "p50_ms": figures["median_ms"],
+                "mean_ms": figures["mean_ms"],
+                "images_per_second": rate,
+                "status": "ok",
+                "reason": "",
+            }
+        )
+    return out
