@@ -65,6 +65,7 @@ def plot_confusion_matrix(matrix: np.ndarray, title: str, out: Path) -> Path:
 
 def _save(fig, plt, out: Path) -> Path:
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        # No 'Software' text chunk: the same figure gives the same bytes on any version.
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
     return out

@@ -1,0 +1,84 @@
+"""The comparison report: read runs, merge, draw, write Markdown, HTML and CSV.
+
+``build_report`` is the one entry point. The work is split by kind:
+``report_data`` reads run directories, ``report_tables`` merges them (pure pandas),
+``report_figures`` draws PNGs, ``report_document`` lays out the page and
+``report_render`` writes it as Markdown and self-contained HTML.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fmnist.io import FmnistError, RunLayout, atomic_path, write_text_atomic
+from fmnist.report_data import read_runs
+from fmnist.report_document import TITLE, build_document
+from fmnist.report_figures import draw_figures
+from fmnist.report_render import Table, gap_footnotes, to_html, to_markdown
+from fmnist.report_tables import ReportTables, build_tables
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What ``build_report`` wrote, and how many cells are gaps."""
+
+    markdown: Path
+    html: Path
+    csv: Path
+    figures: list[Path]
+    gaps: int
+    tables: ReportTables
+
+
+def default_out(runs: list[Path | str]) -> Path:
+    """RUN/report for a single run; several runs need an explicit output directory."""
+    if len(runs) != 1:
+        raise FmnistError("several runs: say where the report goes with --out DIR")
+    return RunLayout(Path(runs[0])).report_dir
+
+
+def build_report(
+    runs: list[Path | str],
+    out: Path | str | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> ReportFiles:
+    """Write report.md, report.html, results.csv and figures/*.png for one or more runs."""
+    if not runs:
+        raise FmnistError("no run directory given")
+    out = Path(out) if out is not None else default_out(runs)
+    progress(f"reading {len(runs)} run(s)")
+    data = read_runs(list(runs))
+    tables = build_tables(data)
+    progress(
+        f"merged {len(tables.models)} models x {len(tables.variants)} variants "
+        f"on {len(tables.contexts)} node type(s)"
+    )
+    # Figures of an earlier report may name runs no longer included: start clean.
+    figures_dir = out / "figures"
+    if figures_dir.exists():
+        shutil.rmtree(figures_dir)
+    figures = draw_figures(tables, out)
+    progress(f"drew {len(figures)} figures")
+    blocks = build_document(tables, figures)
+    markdown_path, html_path, csv_path = (
+        out / "report.md",
+        out / "report.html",
+        out / "results.csv",
+    )
+    with atomic_path(csv_path) as tmp:
+        tables.records.to_csv(tmp, index=False, lineterminator="\n")
+    write_text_atomic(markdown_path, to_markdown(blocks))
+    write_text_atomic(html_path, to_html(blocks, out, TITLE))
+    gaps = sum(len(gap_footnotes(b)[1]) for b in blocks if isinstance(b, Table))
+    progress(f"wrote {html_path}")
+    return ReportFiles(
+        markdown=markdown_path,
+        html=html_path,
+        csv=csv_path,
+        figures=[out / f.path for f in figures],
+        gaps=gaps,
+        tables=tables,
+    )

@@ -1,0 +1,359 @@
+"""Read everything the report needs from run directories into plain DataFrames.
+
+This is the only report module that touches the file system on the way in. Other stages
+write the files while this code is read, possibly with slightly different column names
+across versions, so every reader is lenient: a missing file is an empty frame, an
+unreadable one is recorded in ``RunData.problems`` with its reason, and known aliases of
+column and field names are mapped onto one canonical set.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from fmnist.io import FmnistError, RunLayout, read_manifest
+
+# Canonical timings columns and the names other versions of the benchmark may use.
+TIMING_ALIASES: dict[str, tuple[str, ...]] = {
+    "run": ("run", "run_name"),
+    "job_id": ("job_id", "jobid", "job"),
+    "node_type": ("node_type", "node", "nodetype"),
+    "host": ("host", "hostname"),
+    "cpu_model": ("cpu_model", "cpu", "cpu_name"),
+    "isa_flags": ("isa_flags", "isa", "cpu_flags", "flags"),
+    "threads": ("threads", "num_threads", "n_threads", "inference_threads"),
+    "model": ("model",),
+    "variant": ("variant",),
+    "executed_precision": ("executed_precision", "precision", "inference_precision"),
+    "batch_size": ("batch_size", "batch"),
+    "mode": ("mode",),
+    "iterations": ("iterations", "n_iterations", "iters", "count"),
+    "p50_ms": ("p50_ms", "latency_p50_ms", "median_ms", "p50"),
+    "p90_ms": ("p90_ms", "latency_p90_ms", "p90"),
+    "p99_ms": ("p99_ms", "latency_p99_ms", "p99"),
+    "mean_ms": ("mean_ms", "latency_mean_ms", "avg_ms", "mean"),
+    "images_per_second": ("images_per_second", "throughput", "fps", "images_per_s", "ips"),
+    "status": ("status", "state", "outcome"),
+    "reason": ("reason", "skip_reason", "skipped_reason", "error", "message", "note"),
+    "source": ("source", "harness", "tool", "measured_by"),
+}
+TIMING_NUMBERS = (
+    "threads",
+    "batch_size",
+    "iterations",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "images_per_second",
+)
+# Marker fields of a scoring part and their aliases.
+MARKER_ALIASES: dict[str, tuple[str, ...]] = {
+    "rows_read": ("rows_read", "read", "rows", "input_rows", "rows_in"),
+    "rows_predicted": ("rows_predicted", "predicted", "rows_written", "rows_out", "scored"),
+    "rows_rejected": ("rows_rejected", "rejected", "rejects"),
+    "seconds": ("seconds", "elapsed_seconds", "wall_seconds", "duration_seconds", "elapsed"),
+    "variant": ("variant",),
+    "peak_rss_bytes": ("peak_rss_bytes", "max_rss_bytes"),
+}
+PART_NAME = re.compile(r"part-(\d+)-of-(\d+)")
+
+
+@dataclass
+class RunData:
+    """Everything read from one run directory; empty frames where a stage has not run."""
+
+    label: str
+    root: Path
+    manifest: dict[str, Any]
+    models: list[str]
+    params: dict[str, int]
+    histories: dict[str, pd.DataFrame]
+    metrics: pd.DataFrame  # every metrics Parquet concatenated: per-class and average rows
+    confusions: dict[tuple[str, str], pd.DataFrame]
+    timings: pd.DataFrame  # canonical columns (TIMING_ALIASES) plus 'file'
+    scoring: pd.DataFrame  # one row per prediction part: input, model, part, marker fields
+    problems: list[str] = field(default_factory=list)  # files present but unreadable
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.root)
+
+    def has_ir(self, model: str, precision: str) -> bool:
+        return self.layout.openvino_ir(model, precision).exists()
+
+
+def read_runs(paths: list[Path | str]) -> list[RunData]:
+    """Read several run directories, labelled by their names (made unique when they clash)."""
+    roots = [Path(p) for p in paths]
+    labels = run_labels(roots)
+    return [read_run(root, label) for root, label in zip(roots, labels, strict=True)]
+
+
+def run_labels(roots: list[Path]) -> list[str]:
+    """Short unique labels: the directory name, with parent names added where names clash."""
+    resolved = [root.resolve() for root in roots]
+    depth = 1
+    while True:
+        labels = ["/".join(r.parts[-depth:]) for r in resolved]
+        if len(set(labels)) == len(labels) or depth >= max(len(r.parts) for r in resolved):
+            break
+        depth += 1
+    # The same directory given twice still needs two distinct labels.
+    seen: dict[str, int] = {}
+    unique = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        unique.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    return unique
+
+
+def read_run(root: Path | str, label: str | None = None) -> RunData:
+    """Read one run directory; raise FmnistError only when it is not a run directory at all."""
+    root = Path(root)
+    layout = RunLayout(root)
+    if not root.is_dir():
+        raise FmnistError(f"{root}: run directory not found")
+    if not any(
+        p.exists()
+        for p in (layout.manifest, root / "models", layout.metrics_dir, layout.timings_dir)
+    ):
+        raise FmnistError(
+            f"{root}: not a run directory (no manifest.json, models/, metrics/ or timings/)"
+        )
+    problems: list[str] = []
+    manifest = _read_manifest(root, problems)
+    histories = _read_histories(layout, problems)
+    metrics, confusions = _read_metrics(layout, problems)
+    timings = _read_timings(layout, problems)
+    scoring = _read_scoring(layout, problems)
+    models = sorted(
+        set((manifest.get("models") or {}).keys())
+        | {p.name for p in (root / "models").glob("*") if p.is_dir()}
+        | set(metrics.get("model", pd.Series(dtype=str)).dropna())
+        | set(timings["model"].dropna())
+    )
+    params = {m: n for m in models if (n := _parameter_count(layout, m, manifest)) is not None}
+    return RunData(
+        label=label or root.resolve().name,
+        root=root,
+        manifest=manifest,
+        models=models,
+        params=params,
+        histories=histories,
+        metrics=metrics,
+        confusions=confusions,
+        timings=timings,
+        scoring=scoring,
+        problems=problems,
+    )
+
+
+def _relative(layout: RunLayout, path: Path) -> str:
+    try:
+        return str(path.relative_to(layout.root))
+    except ValueError:
+        return str(path)
+
+
+def _read_manifest(root: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        manifest = read_manifest(root)
+    except FmnistError as exc:
+        problems.append(str(exc))
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _read_parquet(layout: RunLayout, path: Path, problems: list[str]) -> pd.DataFrame | None:
+    try:
+        return pq.read_table(path).to_pandas()
+    except Exception as exc:  # a truncated or foreign file: report it, keep going
+        problems.append(f"{_relative(layout, path)}: unreadable ({type(exc).__name__}: {exc})")
+        return None
+
+
+def _read_histories(layout: RunLayout, problems: list[str]) -> dict[str, pd.DataFrame]:
+    histories = {}
+    for path in sorted((layout.root / "models").glob("*/history.parquet")):
+        frame = _read_parquet(layout, path, problems)
+        if frame is not None:
+            histories[path.parent.name] = frame
+    return histories
+
+
+def _read_metrics(
+    layout: RunLayout, problems: list[str]
+) -> tuple[pd.DataFrame, dict[tuple[str, str], pd.DataFrame]]:
+    frames, confusions = [], {}
+    for path in sorted(layout.metrics_dir.glob("*.parquet")):
+        parts = path.stem.split("__")
+        if len(parts) < 2:
+            continue
+        frame = _read_parquet(layout, path, problems)
+        if frame is None:
+            continue
+        model, variant = parts[0], parts[1]
+        if len(parts) == 3 and parts[2] == "confusion":
+            confusions[(model, variant)] = frame
+            continue
+        frame = frame.copy()
+        # The file name is the contract; the columns are a convenience.
+        frame["model"] = model
+        frame["variant"] = variant
+        frame["file"] = _relative(layout, path)
+        frames.append(frame)
+    metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return metrics, confusions
+
+
+def normalize_timings(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rename known aliases onto the canonical timings columns and add missing ones empty."""
+    frame = frame.copy()
+    renames = {}
+    for canonical, aliases in TIMING_ALIASES.items():
+        if canonical in frame.columns:
+            continue
+        for alias in aliases:
+            if alias in frame.columns and alias not in renames:
+                renames[alias] = canonical
+                break
+    frame = frame.rename(columns=renames)
+    for column in TIMING_ALIASES:
+        if column not in frame.columns:
+            frame[column] = None
+    for column in TIMING_NUMBERS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame["isa_flags"] = frame["isa_flags"].map(_flags_text)
+    for column in ("node_type", "mode", "source", "status", "variant", "model"):
+        frame[column] = frame[column].map(lambda v: None if _missing(v) else str(v))
+    return frame
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _flags_text(value: Any) -> str | None:
+    # ISA flags arrive as a list, a numpy array, a comma/space separated string or a dict.
+    if isinstance(value, dict):
+        return " ".join(sorted(str(k) for k, v in value.items() if v))
+    if isinstance(value, list | tuple | np.ndarray):
+        return " ".join(str(v) for v in value)
+    return None if _missing(value) else str(value).replace(",", " ")
+
+
+def _read_timings(layout: RunLayout, problems: list[str]) -> pd.DataFrame:
+    frames = []
+    for path in sorted(layout.timings_dir.glob("*.parquet")):
+        frame = _read_parquet(layout, path, problems)
+        if frame is None:
+            continue
+        frame = frame.copy()
+        frame["file"] = _relative(layout, path)
+        frames.append(frame)
+    if not frames:
+        return normalize_timings(pd.DataFrame({"file": pd.Series(dtype=str)}))
+    # Normalise each file before concatenating: two versions may spell one column two ways.
+    return pd.concat([normalize_timings(f) for f in frames], ignore_index=True)
+
+
+def _marker_fields(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for canonical, aliases in MARKER_ALIASES.items():
+        out[canonical] = next((data[a] for a in aliases if a in data), None)
+    return out
+
+
+def _read_scoring(layout: RunLayout, problems: list[str]) -> pd.DataFrame:
+    """One row per prediction part (or marker): input, model, part index, marker figures."""
+    rows = []
+    for model_dir in sorted(p for p in layout.predictions_dir.glob("*/*") if p.is_dir()):
+        parts: dict[str, dict[str, Path]] = {}
+        for path in sorted(model_dir.iterdir()):
+            match = PART_NAME.search(path.name)
+            # Temporary files (".name.tmp") and reject files are not parts or markers.
+            if not match or path.name.startswith(".") or "reject" in path.name:
+                continue
+            if path.name.endswith(".tmp"):
+                continue
+            slot = parts.setdefault(match.group(0), {})
+            slot["parquet" if path.suffix == ".parquet" else "marker"] = path
+        for name, files in sorted(parts.items()):
+            index, total = (int(g) for g in PART_NAME.match(name).groups())
+            row: dict[str, Any] = {
+                "input": model_dir.parent.name,
+                "model": model_dir.name,
+                "part": name,
+                "part_index": index,
+                "part_total": total,
+                "has_parquet": "parquet" in files,
+                "has_marker": "marker" in files,
+            }
+            row.update(_marker_fields({}))
+            if "marker" in files:
+                try:
+                    data = json.loads(files["marker"].read_text() or "{}")
+                    row.update(_marker_fields(data if isinstance(data, dict) else {}))
+                except (OSError, json.JSONDecodeError) as exc:
+                    problems.append(f"{_relative(layout, files['marker'])}: unreadable ({exc})")
+                    row["has_marker"] = False
+            rows.append(row)
+    columns = [
+        "input",
+        "model",
+        "part",
+        "part_index",
+        "part_total",
+        "has_parquet",
+        "has_marker",
+        *MARKER_ALIASES,
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _parameter_count(layout: RunLayout, model: str, manifest: dict[str, Any]) -> int | None:
+    """Parameters of a trained model: from the manifest, else counted in model.keras.
+
+    A ``.keras`` file is a zip holding ``model.weights.h5``; its ``layers/`` group has
+    every variable Keras counts in ``count_params`` (the optimizer state lives apart).
+    Counting there avoids importing TensorFlow just to draw a table.
+    """
+    recorded = ((manifest.get("models") or {}).get(model) or {}).get("params")
+    if isinstance(recorded, int):
+        return recorded
+    path = layout.keras_model(model)
+    if not path.is_file():
+        return None
+    try:
+        import h5py
+
+        with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as handle:
+            weights = h5py.File(io.BytesIO(handle.read()), "r")
+        total = 0
+
+        def count(name: str, obj: Any) -> None:
+            nonlocal total
+            if isinstance(obj, h5py.Dataset) and name.startswith("layers/"):
+                total += int(obj.size)
+
+        weights.visititems(count)
+        weights.close()
+        return total
+    except Exception:  # an unreadable model is reported by the stages that load it
+        return None
