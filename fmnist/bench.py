@@ -450,8 +450,10 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) 
     path = layout.timings_dir / f"{job_id}.parquet"
     write_timings(path, frame)
     if not BenchmarkResult(frame, path).failed:
+        # The pipeline's completion marker: this model was benchmarked on this node type.
+        node_type = frame["node_type"].iloc[0]
         write_json_atomic(
-            layout.timings_dir / f"{config.model}.complete",
+            layout.timings_dir / f"{config.model}__{node_type}.complete",
             {"job_id": job_id, "file": path.name, "rows": len(frame)},
         )
     return BenchmarkResult(frame, path)
