@@ -1,0 +1,620 @@
+"""Batch scoring: a CSV of images to Parquet predictions, in shards that survive kills.
+
+``score_shard`` streams one shard of the input (see :mod:`fmnist.csvstream`) through an
+engine in throughput mode and writes, next to each other in the output directory::
+
+    part-00003-of-00008.parquet          row_id, pred, pred_name, confidence[, label][, prob_k]
+    rejects-00003-of-00008.parquet       row_id, line, kind, reason, raw
+    part-00003-of-00008.success.json     the success marker: counts, fingerprints, timing
+
+Both Parquet files are written to temporary names and renamed when complete, the
+rejects first, then the part; the marker is written last. A shard is finished only
+when its marker exists and agrees with its files, the input and the model, so a killed
+process leaves nothing that looks finished and running the same command again redoes
+exactly the unfinished shards.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import resource
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fmnist.csvstream import (
+    BLOCK_BYTES,
+    GZIP_BLOCK_ROWS,
+    Block,
+    CsvInput,
+    ParsedBlock,
+    Reject,
+    byte_range,
+    in_gzip_shard,
+    input_fingerprint,
+    inspect_csv,
+    iter_gzip_blocks,
+    iter_range_blocks,
+    parse_block,
+)
+from fmnist.data import CLASS_NAMES, to_model_input
+from fmnist.io import FmnistError, RunLayout, atomic_path, sha256_file, write_json_atomic
+
+MARKER_FORMAT = "fmnist-score-shard/1"
+# Torque, PBS Pro, Slurm, then the local executor's stand-in for array elements.
+ARRAY_INDEX_VARIABLES = (
+    "PBS_ARRAYID",
+    "PBS_ARRAY_INDEX",
+    "SLURM_ARRAY_TASK_ID",
+    "FMNIST_ARRAY_INDEX",
+)
+INT8_TOLERANCE = 0.003  # INT8 is the default when within 0.3 accuracy points of f32
+ON_BAD_ROW = ("reject", "fail")
+REJECT_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.int64()),
+        ("line", pa.int64()),
+        ("kind", pa.string()),
+        ("reason", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """What to score with what, and where the shards go."""
+
+    input: Path
+    run: Path
+    model: str
+    variant: str
+    out_dir: Path
+    shards: int = 1
+    on_bad_row: str = "reject"
+    probabilities: bool = False
+    batch_size: int = 256
+    block_bytes: int = BLOCK_BYTES
+    row_group_rows: int = 262_144
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """How one shard ended: scored now, or skipped because it was already finished."""
+
+    index: int
+    shards: int
+    status: str  # scored | skipped
+    rows_read: int
+    predicted: int
+    rejected: int
+    seconds: float
+    rows_per_second: float
+    peak_rss_bytes: int
+    part: Path
+
+
+# --------------------------------------------------------------------------- names
+
+
+def part_name(index: int, count: int) -> str:
+    return f"part-{index:05d}-of-{count:05d}.parquet"
+
+
+def rejects_name(index: int, count: int) -> str:
+    return f"rejects-{index:05d}-of-{count:05d}.parquet"
+
+
+def marker_name(index: int, count: int) -> str:
+    return f"part-{index:05d}-of-{count:05d}.success.json"
+
+
+def input_stem(path: Path | str) -> str:
+    """``test.csv.gz`` -> ``test``: the input's name in the predictions directory."""
+    name = Path(path).name
+    for suffix in (".gz", ".csv"):
+        name = name.removesuffix(suffix)
+    return name or "input"
+
+
+def default_out_dir(run: Path | str, input_path: Path | str, model: str) -> Path:
+    """RUN/predictions/<input stem>/<model>/."""
+    return RunLayout(Path(run)).predictions_dir / input_stem(input_path) / model
+
+
+# --------------------------------------------------------------------------- choices
+
+
+def _accuracy(path: Path) -> float | None:
+    if not path.is_file():
+        return None
+    values = pq.read_table(path, columns=["accuracy"]).column("accuracy").to_pylist()
+    return float(values[0]) if values else None
+
+
+def default_variant(run: Path | str, model: str) -> tuple[str, str]:
+    """The variant to score with by default, and why.
+
+    The fastest variant whose test accuracy is within 0.3 points of f32: INT8 when its
+    metrics exist and qualify, else OpenVINO f32 when its IR exists, else Keras.
+    """
+    from fmnist.engines import _FACTORIES
+
+    layout = RunLayout(Path(run))
+    f32 = _accuracy(layout.metrics(model, "openvino-f32"))
+    int8 = _accuracy(layout.metrics(model, "openvino-int8"))
+    if (
+        "openvino-int8" in _FACTORIES
+        and f32 is not None
+        and int8 is not None
+        and layout.openvino_ir(model, "int8").is_file()
+    ):
+        if int8 >= f32 - INT8_TOLERANCE:
+            return "openvino-int8", f"int8 accuracy {int8:.4f} within 0.3 points of f32 {f32:.4f}"
+        fallback = f"int8 accuracy {int8:.4f} more than 0.3 points below f32 {f32:.4f}"
+    else:
+        fallback = "no int8 and f32 metrics to compare"
+    if "openvino-f32" in _FACTORIES and layout.openvino_ir(model, "f32").is_file():
+        return "openvino-f32", fallback
+    return "keras-predict", fallback + "; no OpenVINO f32 IR"
+
+
+def array_index(environ: dict | None = None) -> int:
+    """The array index (Torque, PBS Pro, Slurm, local executor) minus ``FMNIST_ARRAY_BASE``.
+
+    Indices are taken as 0-based (submit arrays as 0..N-1); for arrays numbered from 1,
+    set ``FMNIST_ARRAY_BASE=1``.
+    """
+    environ = os.environ if environ is None else environ
+    for name in ARRAY_INDEX_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value:
+            base = environ.get("FMNIST_ARRAY_BASE", "0")
+            try:
+                return int(value) - int(base)
+            except ValueError as exc:
+                raise FmnistError(
+                    f"{name}={value!r} (FMNIST_ARRAY_BASE={base!r}) is not an integer index"
+                ) from exc
+    raise FmnistError(
+        "--shard auto/N needs an array index in "
+        + ", ".join(ARRAY_INDEX_VARIABLES)
+        + " (run it as an array job, or give --shard I/N)"
+    )
+
+
+def parse_shard_option(text: str | None, workers: int = 1, environ: dict | None = None):
+    """``--shard`` text to (shard indices to run here, shard count).
+
+    ``I/N`` one shard; ``auto/N`` the shard of this array job; ``all/N`` every shard;
+    none: every shard of ``workers`` shards.
+    """
+    if text is None:
+        return list(range(workers)), workers
+    which, sep, count_text = text.partition("/")
+    try:
+        count = int(count_text)
+    except ValueError:
+        count = 0
+    if not sep or count < 1:
+        raise FmnistError(f"--shard {text!r}: expected I/N, auto/N or all/N with N >= 1")
+    if which == "all":
+        return list(range(count)), count
+    if which == "auto":
+        index = array_index(environ)
+        if not 0 <= index < count:
+            raise FmnistError(
+                f"array index {index} is outside 0-{count - 1} for --shard auto/{count} "
+                "(submit the array as 0..N-1, or set FMNIST_ARRAY_BASE=1 for 1..N)"
+            )
+        return [index], count
+    try:
+        index = int(which)
+    except ValueError as exc:
+        raise FmnistError(f"--shard {text!r}: expected I/N, auto/N or all/N") from exc
+    if not 0 <= index < count:
+        raise FmnistError(f"--shard {text!r}: shard index must be in 0-{count - 1}")
+    return [index], count
+
+
+# --------------------------------------------------------------------------- model identity
+
+
+def model_artifact(run: Path | str, model: str, variant: str) -> Path:
+    """The file a variant executes: model.keras, or the IR's model.xml (bin beside it)."""
+    layout = RunLayout(Path(run))
+    if variant.startswith("openvino-"):
+        return layout.openvino_ir(model, "int8" if variant == "openvino-int8" else "f32")
+    return layout.keras_model(model)
+
+
+def model_sha256(path: Path | str) -> str:
+    """SHA-256 of a model file; for an OpenVINO IR, of model.xml followed by model.bin."""
+    path = Path(path)
+    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    for file in files:
+        if not file.is_file():
+            raise FmnistError(f"{file}: model file not found (train/optimize the model first)")
+    if len(files) == 1:
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+_ENGINES: dict[tuple, object] = {}
+
+
+def cached_engine(run: Path, model: str, variant: str):
+    """One throughput engine per (run, model, variant) per process: workers reuse it."""
+    from fmnist.engines import create_engine
+
+    key = (str(Path(run).resolve()), model, variant)
+    if key not in _ENGINES:
+        _ENGINES[key] = create_engine(run, model, variant, mode="throughput")
+    return _ENGINES[key]
+
+
+# --------------------------------------------------------------------------- output
+
+
+def prediction_schema(has_label: bool, probabilities: bool, metadata: dict) -> pa.Schema:
+    """Columns of a part file, with model and input identity in the file metadata."""
+    fields = [
+        ("row_id", pa.int64()),
+        ("pred", pa.uint8()),
+        ("pred_name", pa.string()),
+        ("confidence", pa.float32()),
+    ]
+    if has_label:
+        fields.append(("label", pa.uint8()))
+    if probabilities:
+        fields += [(f"prob_{k}", pa.float32()) for k in range(len(CLASS_NAMES))]
+    return pa.schema(fields, metadata={k: str(v) for k, v in metadata.items()})
+
+
+def predictions_table(
+    schema: pa.Schema, row_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray | None
+) -> pa.Table:
+    """One table of predictions in ``schema`` from row ids, probabilities and labels."""
+    pred = probs.argmax(axis=1).astype(np.uint8)
+    columns = {
+        "row_id": pa.array(row_ids, pa.int64()),
+        "pred": pa.array(pred),
+        "pred_name": pa.array(CLASS_NAMES, pa.string()).take(pa.array(pred)),
+        "confidence": pa.array(probs.max(axis=1).astype(np.float32)),
+    }
+    if "label" in schema.names:
+        columns["label"] = pa.array(labels, pa.uint8())
+    if "prob_0" in schema.names:
+        for k in range(probs.shape[1]):
+            columns[f"prob_{k}"] = pa.array(np.ascontiguousarray(probs[:, k], np.float32))
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def rejects_table(rejects: list[Reject]) -> pa.Table:
+    """The rejects Parquet rows."""
+    return pa.Table.from_pylist([asdict(r) for r in rejects], schema=REJECT_SCHEMA)
+
+
+class BufferedWriter:
+    """Collects tables and writes them in large row groups (one group per flush)."""
+
+    def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int):
+        self.writer = pq.ParquetWriter(path, schema)
+        self.schema = schema
+        self.row_group_rows = row_group_rows
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.pending.append(table)
+            self.pending_rows += table.num_rows
+            self.rows += table.num_rows
+        if self.pending_rows >= self.row_group_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            table = pa.concat_tables(self.pending).combine_chunks()
+            self.writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            self.pending, self.pending_rows = [], 0
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+# --------------------------------------------------------------------------- markers
+
+
+def read_marker(path: Path) -> dict | None:
+    """A success marker's contents, or None when absent or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def shard_finished(
+    out_dir: Path, index: int, count: int, fingerprint: str, sha: str, variant: str
+) -> bool:
+    """A shard is finished when its marker matches the input, the model and its files."""
+    marker = read_marker(out_dir / marker_name(index, count))
+    if not marker or marker.get("format") != MARKER_FORMAT:
+        return False
+    expected = {
+        "shard": index,
+        "shards": count,
+        "input_fingerprint": fingerprint,
+        "model_sha256": sha,
+        "variant": variant,
+    }
+    if any(marker.get(key) != value for key, value in expected.items()):
+        return False
+    for name_key, sha_key in (("part", "part_sha256"), ("rejects", "rejects_sha256")):
+        path = out_dir / str(marker.get(name_key))
+        if not path.is_file() or sha256_file(path) != marker.get(sha_key):
+            return False
+    return True
+
+
+@contextmanager
+def shard_lock(out_dir: Path, index: int, count: int) -> Iterator[None]:
+    """Hold an exclusive lock on one shard; a second process on it gets a clear error."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f".part-{index:05d}-of-{count:05d}.lock"
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise FmnistError(
+                f"{out_dir}: shard {index}/{count} is being scored by another process"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def clean_stale_temporaries(out_dir: Path, index: int, count: int) -> list[Path]:
+    """Remove temporary files a killed run of this shard left behind (caller holds the lock)."""
+    names = (part_name(index, count), rejects_name(index, count), marker_name(index, count))
+    removed = []
+    for name in names:
+        for path in out_dir.glob(f".{name}.*.tmp"):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def shard_blocks(csv: CsvInput, index: int, count: int, block_bytes: int):
+    """(blocks of this shard, description of the cut recorded in the marker)."""
+    if csv.compressed:
+        blocks = (
+            block
+            for block in iter_gzip_blocks(csv, lambda k: in_gzip_shard(k, index, count))
+            if block.data
+        )
+        return blocks, {"sharding": "row-blocks", "block_rows": GZIP_BLOCK_ROWS}
+    cut = byte_range(csv, index, count)
+    blocks = iter_range_blocks(csv, cut.start, cut.end, cut.first_row, block_bytes)
+    return blocks, {
+        "sharding": "bytes",
+        "byte_start": cut.start,
+        "byte_end": cut.end,
+        "first_row_id": cut.first_row,
+    }
+
+
+def predict_block(engine, parsed: ParsedBlock, batch_size: int) -> np.ndarray:
+    """Probabilities (n, 10) for the valid rows of a block, ``batch_size`` at a time."""
+    images = parsed.pixels.reshape(-1, 28, 28)
+    parts = [
+        engine.predict(to_model_input(images[start : start + batch_size]))
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(parts) if parts else np.empty((0, len(CLASS_NAMES)), np.float32)
+
+
+def _bad_row_error(csv: CsvInput, reject: Reject) -> FmnistError:
+    return FmnistError(f"{csv.path}:{reject.line}: {reject.reason} (--on-bad-row fail)")
+
+
+def score_shard(
+    config: ScoreConfig, index: int, progress: Callable[[str], None] | None = None
+) -> ShardResult:
+    """Score shard ``index`` of ``config.shards``, unless it is already finished."""
+    progress = progress or _stderr
+    count = config.shards
+    label = f"shard {index}/{count}"
+    csv = inspect_csv(config.input)
+    fingerprint = input_fingerprint(csv.path)
+    expected_sha = model_sha256(model_artifact(config.run, config.model, config.variant))
+    out_dir = config.out_dir
+    part = out_dir / part_name(index, count)
+    with shard_lock(out_dir, index, count):
+        if shard_finished(out_dir, index, count, fingerprint, expected_sha, config.variant):
+            marker = read_marker(out_dir / marker_name(index, count))
+            progress(f"{label}: already finished, skipped ({part})")
+            return _result(marker, "skipped", part)
+        if clean_stale_temporaries(out_dir, index, count):
+            progress(f"{label}: removed temporary files of an unfinished run")
+        # The marker goes first: from here until the new one is written, the shard
+        # must not look finished even if the process dies.
+        (out_dir / marker_name(index, count)).unlink(missing_ok=True)
+        engine = cached_engine(config.run, config.model, config.variant)
+        sha = model_sha256(engine.info.model_path)
+        metadata = {
+            "model": config.model,
+            "variant": config.variant,
+            "executed_precision": engine.info.executed_precision,
+            "model_sha256": sha,
+            "input": str(csv.path.resolve()),
+            "input_fingerprint": fingerprint,
+            "shard": index,
+            "shards": count,
+        }
+        schema = prediction_schema(csv.has_label, config.probabilities, metadata)
+        started = time.perf_counter()
+        blocks, cut = shard_blocks(csv, index, count, config.block_bytes)
+        counts = _write_shard(config, csv, engine, schema, blocks, index, count, progress)
+        seconds = time.perf_counter() - started
+        rows_read, predicted, rejected = counts
+        marker = {
+            "format": MARKER_FORMAT,
+            "shard": index,
+            "shards": count,
+            "input": str(csv.path.resolve()),
+            "input_fingerprint": fingerprint,
+            "input_bytes": csv.size,
+            "compressed": csv.compressed,
+            "has_header": csv.has_header,
+            "has_label": csv.has_label,
+            **cut,
+            "rows_read": rows_read,
+            "predicted": predicted,
+            "rejected": rejected,
+            "model": config.model,
+            "variant": config.variant,
+            "executed_precision": engine.info.executed_precision,
+            "model_sha256": sha,
+            "part": part_name(index, count),
+            "part_sha256": sha256_file(part),
+            "rejects": rejects_name(index, count),
+            "rejects_sha256": sha256_file(out_dir / rejects_name(index, count)),
+            "seconds": round(seconds, 3),
+            "rows_per_second": round(rows_read / seconds, 1) if seconds > 0 else 0.0,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        write_json_atomic(out_dir / marker_name(index, count), marker)
+    progress(
+        f"{label}: {rows_read:,} rows, {predicted:,} predicted, {rejected:,} rejected "
+        f"in {seconds:.1f}s ({marker['rows_per_second']:,.0f} rows/s) -> {part}"
+    )
+    return _result(marker, "scored", part)
+
+
+def _result(marker: dict, status: str, part: Path) -> ShardResult:
+    return ShardResult(
+        index=marker["shard"],
+        shards=marker["shards"],
+        status=status,
+        rows_read=marker["rows_read"],
+        predicted=marker["predicted"],
+        rejected=marker["rejected"],
+        seconds=marker["seconds"],
+        rows_per_second=marker["rows_per_second"],
+        peak_rss_bytes=marker["peak_rss_bytes"],
+        part=part,
+    )
+
+
+def _write_shard(
+    config: ScoreConfig,
+    csv: CsvInput,
+    engine,
+    schema: pa.Schema,
+    blocks: Iterator[Block],
+    index: int,
+    count: int,
+    progress: Callable[[str], None],
+) -> tuple[int, int, int]:
+    out_dir = config.out_dir
+    rows_read = 0
+    last_report = time.perf_counter()
+    # Exiting in reverse order renames the rejects first, then the part.
+    with (
+        atomic_path(out_dir / part_name(index, count)) as part_tmp,
+        atomic_path(out_dir / rejects_name(index, count)) as rejects_tmp,
+    ):
+        predictions = BufferedWriter(part_tmp, schema, config.row_group_rows)
+        rejects = BufferedWriter(rejects_tmp, REJECT_SCHEMA, config.row_group_rows)
+        for block in blocks:
+            parsed = parse_block(block, csv)
+            if parsed.rejects and config.on_bad_row == "fail":
+                raise _bad_row_error(csv, parsed.rejects[0])
+            probs = predict_block(engine, parsed, config.batch_size)
+            predictions.add(predictions_table(schema, parsed.row_ids, probs, parsed.labels))
+            if parsed.rejects:
+                rejects.add(rejects_table(parsed.rejects))
+            rows_read += block.rows
+            if time.perf_counter() - last_report >= 5:
+                last_report = time.perf_counter()
+                progress(
+                    f"shard {index}/{count}: {rows_read:,} rows read, {rejects.rows:,} rejected"
+                )
+        predictions.close()
+        rejects.close()
+    return rows_read, predictions.rows, rejects.rows
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _worker_threads(workers: int) -> dict[str, str]:
+    # Each worker process gets its share of the cores instead of all of them.
+    share = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    return {
+        name: share
+        for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+        if name not in os.environ
+    }
+
+
+def score_shards(
+    config: ScoreConfig,
+    indices: list[int],
+    workers: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> list[ShardResult]:
+    """Score the given shards, ``workers`` processes at a time (joblib) when more than one."""
+    if config.on_bad_row not in ON_BAD_ROW:
+        raise FmnistError(f"--on-bad-row must be one of {', '.join(ON_BAD_ROW)}")
+    inspect_csv(config.input)  # one-line errors for a bad input before any work
+    if workers <= 1 or len(indices) <= 1:
+        return [score_shard(config, index, progress) for index in indices]
+    from joblib import Parallel, delayed
+
+    extra = _worker_threads(workers)
+    saved = {name: os.environ.get(name) for name in extra}
+    os.environ.update(extra)  # loky workers start with this environment
+    try:
+        return Parallel(n_jobs=workers, backend="loky")(
+            delayed(score_shard)(config, index) for index in indices
+        )
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

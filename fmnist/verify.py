@@ -1,0 +1,289 @@
+"""Check that a predictions directory accounts for every row of its input, and merge it.
+
+``verify_predictions`` re-derives from the input itself what each shard must hold
+(its byte range and row ids, or its row blocks for gzip) and compares the markers,
+the part files and the rejects files against that, stopping at the first discrepancy
+with an error that names it. ``merge_parts`` then writes one Parquet file in row order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fmnist.csvstream import (
+    CsvInput,
+    count_data_rows,
+    in_gzip_shard,
+    input_fingerprint,
+    inspect_csv,
+    rows_in_range,
+    shard_bounds,
+)
+from fmnist.io import FmnistError, atomic_path, sha256_file
+from fmnist.score import (
+    MARKER_FORMAT,
+    BufferedWriter,
+    marker_name,
+    part_name,
+    rejects_name,
+)
+
+SHARD_FILE = re.compile(r"^(part|rejects)-(\d{5})-of-(\d{5})\.(parquet|success\.json)$")
+# Every shard of one directory must agree on these.
+SHARED_KEYS = (
+    "input",
+    "input_fingerprint",
+    "compressed",
+    "has_header",
+    "has_label",
+    "sharding",
+    "model",
+    "variant",
+    "model_sha256",
+)
+PART_METADATA_KEYS = ("model", "variant", "model_sha256", "input_fingerprint")
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """A predictions directory that checked out: every input row predicted or rejected."""
+
+    directory: Path
+    input: Path
+    shards: int
+    rows: int
+    predicted: int
+    rejected: int
+    markers: list[dict]
+
+
+def shard_count(directory: Path) -> int:
+    """The N of the part-*-of-N files in ``directory``; an error for none or a mix."""
+    if not directory.is_dir():
+        raise FmnistError(f"{directory}: not a directory")
+    counts = {int(m.group(3)) for p in directory.iterdir() if (m := SHARD_FILE.match(p.name))}
+    if not counts:
+        raise FmnistError(f"{directory}: no part-*-of-*.parquet files (nothing scored here)")
+    if len(counts) > 1:
+        raise FmnistError(
+            f"{directory}: parts of different shard counts {sorted(counts)} "
+            "(left from runs with different --shard N; keep one set)"
+        )
+    return counts.pop()
+
+
+def load_markers(directory: Path, count: int) -> list[dict]:
+    """Every shard's marker, after checking that its part and rejects files exist."""
+    markers = []
+    for index in range(count):
+        for name in (marker_name(index, count), part_name(index, count)):
+            if not (directory / name).is_file():
+                raise FmnistError(
+                    f"{directory / name}: missing, shard {index}/{count} is not finished "
+                    "(run the same score command again)"
+                )
+        path = directory / marker_name(index, count)
+        try:
+            marker = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise FmnistError(f"{path}: not valid JSON ({exc})") from exc
+        if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
+            raise FmnistError(f"{path}: not a success marker of format {MARKER_FORMAT}")
+        if (marker.get("shard"), marker.get("shards")) != (index, count):
+            raise FmnistError(
+                f"{path}: says shard {marker.get('shard')}/{marker.get('shards')}, "
+                f"its name says {index}/{count}"
+            )
+        for key in SHARED_KEYS:
+            if markers and marker.get(key) != markers[0].get(key):
+                raise FmnistError(
+                    f"{path}: {key} is {marker.get(key)!r}, shard 0 has {markers[0].get(key)!r}"
+                )
+        if not (directory / rejects_name(index, count)).is_file():
+            raise FmnistError(f"{directory / rejects_name(index, count)}: missing")
+        markers.append(marker)
+    return markers
+
+
+@dataclass(frozen=True)
+class ExpectedShard:
+    """What the input says shard ``index`` must hold."""
+
+    index: int
+    rows: int
+    first_row: int | None  # byte shards: the row id of the first line
+    byte_start: int | None
+    byte_end: int | None
+    row_ranges: tuple[tuple[int, int], ...]  # [start, stop) row id ranges
+
+    def row_ids(self) -> np.ndarray:
+        return np.concatenate(
+            [np.arange(a, b, dtype=np.int64) for a, b in self.row_ranges] or [np.empty(0, np.int64)]
+        )
+
+
+def expected_shards(csv: CsvInput, count: int, block_rows: int | None) -> list[ExpectedShard]:
+    """The rows each shard must hold, derived from the input alone."""
+    shards = []
+    if not csv.compressed:
+        first = 0
+        for index, (start, end) in enumerate(shard_bounds(csv, count)):
+            rows = rows_in_range(csv, start, end)
+            shards.append(ExpectedShard(index, rows, first, start, end, ((first, first + rows),)))
+            first += rows
+        return shards
+    total = count_data_rows(csv)
+    for index in range(count):
+        ranges = tuple(
+            (start, min(start + block_rows, total))
+            for k, start in enumerate(range(0, total, block_rows))
+            if in_gzip_shard(k, index, count)
+        )
+        shards.append(ExpectedShard(index, sum(b - a for a, b in ranges), None, None, None, ranges))
+    return shards
+
+
+def _row_ids(path: Path) -> np.ndarray:
+    return pq.read_table(path, columns=["row_id"]).column("row_id").to_numpy()
+
+
+def check_row_ids(label: str, csv: CsvInput, found: np.ndarray, expected: np.ndarray) -> None:
+    """Every expected row id exactly once among ``found``; else name the first wrong one."""
+    found = np.sort(found)
+    if len(found) == len(expected) and np.array_equal(found, expected):
+        return
+    missing = np.setdiff1d(expected, found)
+    if missing.size:
+        row = int(missing[0])
+        raise FmnistError(
+            f"{label}: row {row} (line {csv.line_number(row)} of the input) is neither "
+            f"predicted nor rejected ({missing.size} missing)"
+        )
+    repeated = found[1:][np.diff(found) == 0]
+    if repeated.size:
+        raise FmnistError(f"{label}: row {int(repeated[0])} appears more than once")
+    extra = np.setdiff1d(found, expected)
+    raise FmnistError(f"{label}: row {int(extra[0])} does not belong to this shard")
+
+
+def _check_shard(
+    directory: Path, csv: CsvInput, marker: dict, expected: ExpectedShard, count: int
+) -> None:
+    index = expected.index
+    part = directory / part_name(index, count)
+    rejects = directory / rejects_name(index, count)
+    label = f"{directory}: shard {index}/{count}"
+    predicted_ids, rejected_ids = _row_ids(part), _row_ids(rejects)
+    check_row_ids(label, csv, np.concatenate([predicted_ids, rejected_ids]), expected.row_ids())
+    marker_path = directory / marker_name(index, count)
+    for key, actual in (
+        ("rows_read", expected.rows),
+        ("predicted", len(predicted_ids)),
+        ("rejected", len(rejected_ids)),
+        ("byte_start", expected.byte_start),
+        ("byte_end", expected.byte_end),
+        ("first_row_id", expected.first_row),
+    ):
+        if actual is not None and marker.get(key) != actual:
+            raise FmnistError(f"{marker_path}: {key} is {marker.get(key)}, should be {actual}")
+    if marker["predicted"] + marker["rejected"] != marker["rows_read"]:
+        raise FmnistError(f"{marker_path}: predicted + rejected != rows_read")
+    metadata = {k.decode(): v.decode() for k, v in (pq.read_schema(part).metadata or {}).items()}
+    for key in PART_METADATA_KEYS:
+        if metadata.get(key) != str(marker.get(key)):
+            raise FmnistError(
+                f"{part}: file metadata {key} is {metadata.get(key)!r}, "
+                f"the marker says {marker.get(key)!r}"
+            )
+    for path, key in ((part, "part_sha256"), (rejects, "rejects_sha256")):
+        if sha256_file(path) != marker.get(key):
+            raise FmnistError(f"{path}: SHA-256 differs from {key} in {marker_path.name}")
+
+
+def verify_predictions(
+    directory: Path | str,
+    input_path: Path | str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> VerifyResult:
+    """Check that ``directory`` holds every shard, complete and consistent with the input.
+
+    Raises FmnistError naming the first discrepancy.
+    """
+    progress = progress or (lambda message: None)
+    directory = Path(directory)
+    count = shard_count(directory)
+    markers = load_markers(directory, count)
+    first = markers[0]
+    source = Path(input_path or first["input"])
+    if not source.is_file():
+        raise FmnistError(f"{source}: input of {directory} not found (moved? pass --input FILE)")
+    if input_fingerprint(source) != first["input_fingerprint"]:
+        raise FmnistError(f"{source}: input changed since it was scored (fingerprint differs)")
+    csv = inspect_csv(source)
+    progress(f"counting rows of {source}")
+    expected = expected_shards(csv, count, first.get("block_rows"))
+    for marker, shard in zip(markers, expected, strict=True):
+        progress(f"checking shard {shard.index}/{count}")
+        _check_shard(directory, csv, marker, shard, count)
+    rows = sum(shard.rows for shard in expected)
+    predicted = sum(m["predicted"] for m in markers)
+    rejected = sum(m["rejected"] for m in markers)
+    if predicted + rejected != rows:
+        raise FmnistError(
+            f"{directory}: {predicted} predicted + {rejected} rejected != {rows} input rows"
+        )
+    return VerifyResult(directory, source, count, rows, predicted, rejected, markers)
+
+
+class _PartCursor:
+    """Reads one part in order, handing out the rows below a row id limit."""
+
+    def __init__(self, path: Path):
+        self.batches = pq.ParquetFile(path).iter_batches(batch_size=65_536)
+        self.pending: pa.RecordBatch | None = None
+
+    def take_below(self, limit: int) -> Iterator[pa.RecordBatch]:
+        while True:
+            if self.pending is None:
+                self.pending = next(self.batches, None)
+                if self.pending is None:
+                    return
+            ids = self.pending.column(0).to_numpy()
+            cut = int(np.searchsorted(ids, limit))
+            if cut < len(ids):
+                yield self.pending.slice(0, cut)
+                self.pending = self.pending.slice(cut)
+                return
+            yield self.pending
+            self.pending = None
+
+
+def merge_parts(result: VerifyResult, out: Path | str, row_group_rows: int = 262_144) -> int:
+    """Write the parts of a verified directory as one Parquet file in row order."""
+    count = result.shards
+    parts = [result.directory / part_name(i, count) for i in range(count)]
+    schema = pq.read_schema(parts[0])
+    metadata = {k: v for k, v in (schema.metadata or {}).items() if k not in (b"shard",)}
+    metadata[b"shards"] = str(count).encode()
+    schema = schema.with_metadata(metadata)
+    cursors = [_PartCursor(path) for path in parts]
+    block_rows = result.markers[0].get("block_rows")
+    if block_rows:  # gzip shards interleave row blocks: take them back in turn
+        steps = [(k % count, (k + 1) * block_rows) for k in range(-(-result.rows // block_rows))]
+    else:
+        steps = [(index, result.rows) for index in range(count)]
+    with atomic_path(out) as tmp:
+        writer = BufferedWriter(tmp, schema, row_group_rows)
+        for index, limit in steps:
+            for batch in cursors[index].take_below(limit):
+                writer.add(pa.Table.from_batches([batch]).replace_schema_metadata(metadata))
+        writer.close()
+    return writer.rows
