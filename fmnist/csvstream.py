@@ -123,9 +123,12 @@ def _looks_binary(sample: bytes) -> bool:
     head = sample[:65536]
     if b"\x00" in head:
         return True
-    # CSV text is digits, commas and line breaks; allow some stray bytes, not a majority.
-    text_bytes = sum(head.count(bytes([c])) for c in b"0123456789,\r\n\t ")
-    return len(head) > 0 and text_bytes < 0.7 * len(head)
+    # Text has almost no control bytes; compressed or binary data has about one in eight.
+    control = head.translate(None, delete=_TEXT_BYTES)
+    return len(control) > 0.01 * len(head)
+
+
+_TEXT_BYTES = bytes([9, 10, 13] + list(range(32, 127)) + list(range(128, 256)))
 
 
 def _numeric(text: str) -> bool:

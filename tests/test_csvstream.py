@@ -1,0 +1,316 @@
+"""The streaming CSV reader: layouts, input errors, every reject kind, shard and block cuts."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fmnist.cli import main
+from fmnist.csvstream import (
+    Block,
+    count_data_rows,
+    in_gzip_shard,
+    input_fingerprint,
+    inspect_csv,
+    iter_gzip_blocks,
+    iter_range_blocks,
+    parse_block,
+    rows_in_range,
+    shard_bounds,
+)
+from fmnist.csvstream import byte_range as shard_range
+from fmnist.csvstream import check_row as check
+from fmnist.data import CSV_HEADER, PIXELS
+from fmnist.io import FmnistError
+
+ROWS = 120
+
+
+@pytest.fixture(scope="module")
+def real_csv(tmp_path_factory, dataset_dir):
+    """Real test-split rows written by `fmnist-batch data to-csv`."""
+    path = tmp_path_factory.mktemp("csv") / "test.csv"
+    result = CliRunner().invoke(
+        main,
+        ["data", "to-csv", "--split", "test", "--limit", str(ROWS), "--out", str(path)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.fixture(scope="module")
+def lines(real_csv) -> list[str]:
+    """The data lines (no header, no line break) of the real CSV."""
+    return real_csv.read_text().splitlines()[1:]
+
+
+def write(path, text, compress=False):
+    data = text.encode() if isinstance(text, str) else text
+    if compress:
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def read_all(csv, block_bytes=1 << 20):
+    """Every block of a plain file parsed: (row ids, pixels, labels, rejects)."""
+    ids, pixels, labels, rejects = [], [], [], []
+    for block in iter_range_blocks(csv, csv.data_start, csv.size, 0, block_bytes):
+        parsed = parse_block(block, csv)
+        ids.append(parsed.row_ids)
+        pixels.append(parsed.pixels)
+        if parsed.labels is not None:
+            labels.append(parsed.labels)
+        rejects.extend(parsed.rejects)
+    return (
+        np.concatenate(ids),
+        np.concatenate(pixels),
+        np.concatenate(labels) if labels else None,
+        rejects,
+    )
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def test_real_csv_rows_match_the_dataset(real_csv, dataset):
+    csv = inspect_csv(real_csv)
+    assert (csv.has_header, csv.has_label, csv.compressed) == (True, True, False)
+    ids, pixels, labels, rejects = read_all(csv)
+    assert rejects == []
+    assert np.array_equal(ids, np.arange(ROWS))
+    assert np.array_equal(pixels.reshape(-1, 28, 28), dataset.test.images[:ROWS])
+    assert np.array_equal(labels, dataset.test.labels[:ROWS])
+
+
+def test_headerless_labelless_gzip_and_bom_layouts(tmp_path, lines, dataset):
+    pixels_only = [line.split(",", 1)[1] for line in lines]
+    headerless = write(tmp_path / "a.csv", "\n".join(lines) + "\n")
+    no_label = write(tmp_path / "b.csv", ",".join(CSV_HEADER[1:]) + "\n" + "\n".join(pixels_only))
+    no_label_no_header = write(tmp_path / "c.csv", "\n".join(pixels_only) + "\n")
+    bom = write(tmp_path / "d.csv", "\ufeff" + ",".join(CSV_HEADER) + "\r\n" + "\r\n".join(lines))
+    zipped = write(tmp_path / "e.csv.gz", ",".join(CSV_HEADER) + "\n" + "\n".join(lines), True)
+    expected = {
+        headerless: (False, True, False),
+        no_label: (True, False, False),
+        no_label_no_header: (False, False, False),
+        bom: (True, True, False),
+        zipped: (True, True, True),
+    }
+    for path, layout in expected.items():
+        csv = inspect_csv(path)
+        assert (csv.has_header, csv.has_label, csv.compressed) == layout, path
+        if csv.compressed:
+            blocks = iter_gzip_blocks(csv, keep=lambda k: True, block_rows=50)
+            parsed = [parse_block(b, csv) for b in blocks]
+            ids = np.concatenate([p.row_ids for p in parsed])
+            pixels = np.concatenate([p.pixels for p in parsed])
+            rejects = [r for p in parsed for r in p.rejects]
+        else:
+            ids, pixels, _, rejects = read_all(csv)
+        assert rejects == [], path
+        assert np.array_equal(ids, np.arange(ROWS)), path
+        assert np.array_equal(pixels.reshape(-1, 28, 28), dataset.test.images[:ROWS]), path
+        assert count_data_rows(csv) == ROWS
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty file"),
+        (b"\n \n", "empty file"),
+        ((",".join(CSV_HEADER) + "\n").encode(), "header only"),
+        (",".join(CSV_HEADER).encode(), "header only"),
+        (",".join(["label", *CSV_HEADER[1:5], "pixle5", *CSV_HEADER[6:]]).encode() + b"\n1",
+         "header column 6 is 'pixle5'"),
+        (b"id,name,value\n1,a,2\n", "header has 3 columns"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4, "binary data"),
+        (b"1,2,3\n4,5,6\n", "rows have 3 fields"),
+        (b"\n" + b"0," * 784 + b"0\n", "empty first line"),
+    ],
+)  # fmt: skip
+def test_unusable_inputs_fail_before_any_work(tmp_path, content, message):
+    path = write(tmp_path / "bad.csv", content)
+    with pytest.raises(FmnistError, match=message) as info:
+        inspect_csv(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_corrupt_gzip_and_missing_file(tmp_path):
+    path = write(tmp_path / "x.csv.gz", b"\x1f\x8b\x08\x00garbage-not-deflate")
+    with pytest.raises(FmnistError, match="corrupt or truncated gzip"):
+        inspect_csv(path)
+    with pytest.raises(FmnistError, match="file not found"):
+        inspect_csv(tmp_path / "nope.csv")
+
+
+# --------------------------------------------------------------------------- rejects
+
+BAD_ROWS = {
+    # kind: a function of a good line (label first) returning the bad line
+    "too_many_fields": lambda f: ",".join(f + ["0"]),
+    "too_few_fields": lambda f: ",".join(f[:-1]),
+    "empty_value": lambda f: ",".join(f[:10] + [""] + f[11:]),
+    "non_integer": lambda f: ",".join(f[:10] + ["abc"] + f[11:]),
+    "fractional": lambda f: ",".join(f[:10] + ["1.5"] + f[11:]),
+    "nan": lambda f: ",".join(f[:10] + ["NaN"] + f[11:]),
+    "negative": lambda f: ",".join(f[:10] + ["-3"] + f[11:]),
+    "over_255": lambda f: ",".join(f[:10] + ["256"] + f[11:]),
+    "label_out_of_range": lambda f: ",".join(["10"] + f[1:]),
+    "empty_line": lambda f: "",
+}
+
+
+def test_check_row_values_and_reasons():
+    good = ["7"] + ["0"] * PIXELS
+    values, kind, _ = check(",".join(good).encode(), True)
+    assert values == [7] + [0] * PIXELS and kind == ""
+    # Padding with spaces or tabs is accepted (as pyarrow does); CRLF endings too.
+    values, _, _ = check((" 7\t," + ",".join(["255"] * PIXELS) + "\r").encode(), True)
+    assert values == [7] + [255] * PIXELS
+    for kind, make in BAD_ROWS.items():
+        assert check(make(list(good)).encode(), True)[1] == kind
+    cases = {
+        "-1": ("label_out_of_range", "label is -1"),
+        "0x1": ("non_integer", "label is '0x1'"),
+        "5.0": ("non_integer", "not written as a plain integer"),
+        "inf": ("non_integer", "not an integer"),
+        "+5": ("non_integer", "not written as a plain integer"),
+    }
+    for label, (kind, reason) in cases.items():
+        _, got_kind, got_reason = check(",".join([label] + good[1:]).encode(), True)
+        assert (got_kind, reason in got_reason) == (kind, True), label
+    _, kind, reason = check(",".join(good[:5] + ["300"] + good[6:]).encode(), True)
+    assert (kind, reason) == ("over_255", "pixel5 is 300, above 255")
+
+
+def test_every_reject_kind_is_recorded_with_line_and_raw_text(tmp_path, lines, dataset):
+    body = list(lines)
+    bad_at = {}
+    for position, (kind, make) in enumerate(BAD_ROWS.items()):
+        row = 5 + 9 * position
+        body[row] = make(lines[row].split(","))
+        bad_at[row] = kind
+    body[100] = "0x1F," + lines[100].split(",", 1)[1]  # pyarrow would read hex: must not
+    bad_at[100] = "non_integer"
+    path = write(tmp_path / "bad.csv", ",".join(CSV_HEADER) + "\n" + "\n".join(body) + "\n")
+    csv = inspect_csv(path)
+    ids, pixels, labels, rejects = read_all(csv)
+    assert [(r.row_id, r.kind) for r in rejects] == sorted(bad_at.items())
+    for reject in rejects:
+        assert reject.line == reject.row_id + 2  # the header is line 1
+        assert reject.raw == body[reject.row_id][:200] and len(reject.raw) <= 200
+        assert reject.reason
+    good = np.array(sorted(set(range(ROWS)) - set(bad_at)))
+    assert np.array_equal(ids, good)
+    assert np.array_equal(pixels.reshape(-1, 28, 28), dataset.test.images[good])
+    assert np.array_equal(labels, dataset.test.labels[good])
+
+
+def test_results_do_not_depend_on_block_size(tmp_path, lines):
+    body = list(lines)
+    for row in (0, 1, 2, 57, 58, 119):
+        body[row] = ",".join(body[row].split(",")[:-1] + ["-1"])
+    body[30] = body[30].replace(",", ",,", 1)
+    path = write(tmp_path / "bad.csv", "\r\n".join(body))  # CRLF, no final line break
+    csv = inspect_csv(path)
+    reference = read_all(csv, block_bytes=64 << 20)
+    assert [r.row_id for r in reference[3]] == [0, 1, 2, 30, 57, 58, 119]
+    for block_bytes in (9000, 77_777):
+        ids, pixels, labels, rejects = read_all(csv, block_bytes)
+        assert np.array_equal(ids, reference[0]) and np.array_equal(pixels, reference[1])
+        assert np.array_equal(labels, reference[2]) and rejects == reference[3]
+
+
+def test_a_lone_carriage_return_cannot_split_a_row(tmp_path, lines):
+    # pyarrow ends a row at a lone CR; we count rows by line feeds, so this is one bad row.
+    body = list(lines)
+    body[3] = body[3] + "\r" + body[4]
+    path = write(tmp_path / "cr.csv", "\n".join(body) + "\n")
+    ids, _, _, rejects = read_all(inspect_csv(path))
+    assert [(r.row_id, r.kind) for r in rejects] == [(3, "too_many_fields")]
+    assert len(ids) == ROWS - 1
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def test_byte_shards_hold_every_row_exactly_once(tmp_path, real_csv):
+    csv = inspect_csv(real_csv)
+    for count in (1, 2, 3, 7):
+        seen = []
+        for index in range(count):
+            cut = shard_range(csv, index, count)
+            blocks = iter_range_blocks(csv, cut.start, cut.end, cut.first_row, 50_000)
+            for block in blocks:
+                seen.extend(parse_block(block, csv).row_ids.tolist())
+        assert seen == list(range(ROWS)), count
+    # More shards than rows: some are empty, none overlap, first row ids add up.
+    bounds = shard_bounds(csv, 150)
+    sizes = [rows_in_range(csv, start, end) for start, end in bounds]
+    assert sum(sizes) == ROWS and sizes.count(0) == 30 and set(sizes) == {0, 1}
+    assert [shard_range(csv, i, 150).first_row for i in (0, 75, 149)] == [
+        sum(sizes[:i]) for i in (0, 75, 149)
+    ]
+
+
+def test_a_row_across_a_boundary_belongs_to_the_shard_where_it_starts(tmp_path, lines):
+    text = "\n".join(lines) + "\n"
+    path = write(tmp_path / "h.csv", text)
+    csv = inspect_csv(path)
+    starts = [0]
+    for line in lines[:-1]:
+        starts.append(starts[-1] + len(line) + 1)
+    count = 2
+    middle = len(text) // 2
+    (a_start, a_end), (b_start, b_end) = shard_bounds(csv, count)
+    owner = max(i for i, s in enumerate(starts) if s < middle)  # the row the middle cuts
+    assert starts[owner] < middle < starts[owner] + len(lines[owner])
+    assert a_end == b_start == starts[owner + 1]
+    assert shard_range(csv, 1, 2).first_row == owner + 1
+    # Every cut lands on a line start; one exactly at a line start keeps it there.
+    for count in range(2, 9):
+        for start, _ in shard_bounds(csv, count):
+            assert start in starts or start == len(text), count
+    at_start = starts[40] * 3  # with 3 shards, the nominal cut of shard 1 is starts[40]
+    path = write(tmp_path / "s.csv", text[:at_start])
+    csv = inspect_csv(path)
+    assert shard_bounds(csv, 3)[1][0] == starts[40]
+    assert shard_range(csv, 1, 3).first_row == 40
+
+
+def test_gzip_shards_interleave_row_blocks(tmp_path, lines):
+    path = write(tmp_path / "z.csv.gz", "\n".join(lines) + "\n", compress=True)
+    csv = inspect_csv(path)
+    for count in (1, 2, 3, 5):
+        seen = []
+        for index in range(count):
+            keep = lambda k, i=index, n=count: in_gzip_shard(k, i, n)  # noqa: E731
+            for block in iter_gzip_blocks(csv, keep, block_rows=7):
+                if block.data:
+                    assert (block.first_row // 7) % count == index
+                    seen.extend(parse_block(block, csv).row_ids.tolist())
+        assert sorted(seen) == list(range(ROWS)) and len(seen) == ROWS
+
+
+def test_range_reader_handles_lines_longer_than_its_buffer(tmp_path, lines):
+    path = write(tmp_path / "l.csv", "\n".join(lines[:3]))
+    csv = inspect_csv(path)
+    blocks = list(iter_range_blocks(csv, 0, csv.size, 0, block_bytes=100))
+    assert all(isinstance(b, Block) for b in blocks) and sum(b.rows for b in blocks) == 3
+
+
+def test_fingerprint_changes_with_the_content(tmp_path, real_csv):
+    copy = write(tmp_path / "copy.csv", real_csv.read_bytes())
+    assert input_fingerprint(copy) == input_fingerprint(real_csv)
+    data = bytearray(copy.read_bytes())
+    data[-3] = ord("9") if data[-3] != ord("9") else ord("8")
+    copy.write_bytes(bytes(data))
+    assert input_fingerprint(copy) != input_fingerprint(real_csv)
+    os.truncate(copy, copy.stat().st_size - 10)
+    assert input_fingerprint(copy) != input_fingerprint(real_csv)
