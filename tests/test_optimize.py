@@ -1,0 +1,184 @@
+"""OpenVINO IR export, NNCF INT8, the OpenVINO engines and evaluate for every variant."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from fmnist.cli import main
+from fmnist.data import to_model_input
+from fmnist.engines import create_engine, load_keras_model, predict_in_batches
+from fmnist.io import FmnistError, RunLayout, read_manifest, sha256_file
+from fmnist.openvino_engines import VariantUnsupported, cpu_capabilities
+from fmnist.optimize import OptimizeConfig, optimize_model
+
+pytestmark = pytest.mark.slow
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def optimized_run(trained_run, tmp_path_factory, dataset_dir):
+    """A copy of the trained run with f32 IRs of all three models and backup1's INT8 IR."""
+    run = tmp_path_factory.mktemp("optimized") / "run"
+    shutil.copytree(trained_run, run)
+    for model in ("main", "backup2"):
+        optimize_model(run, OptimizeConfig(model, parity_size=64), progress=lambda m: None)
+    config = OptimizeConfig(
+        "backup1", int8=True, calibration_size=100, validation_size=1000, parity_size=64
+    )
+    optimize_model(run, config, progress=lambda m: None)
+    return run
+
+
+@pytest.fixture(scope="module")
+def test_images(dataset):
+    return to_model_input(dataset.test.images[:600]), dataset.test.labels[:600]
+
+
+@pytest.mark.parametrize("model", ["main", "backup1", "backup2"])
+def test_f32_ir_matches_keras_on_test_images(optimized_run, test_images, model):
+    images, _ = test_images
+    keras_model = load_keras_model(RunLayout(optimized_run).keras_model(model))
+    expected = np.concatenate(
+        [keras_model.predict_on_batch(images[i : i + 250]) for i in range(0, len(images), 250)]
+    )
+    for mode in ("latency", "throughput"):
+        engine = create_engine(optimized_run, model, "openvino-f32", mode)
+        assert engine.info.executed_precision == "f32"
+        got = predict_in_batches(engine, images, batch_size=250)
+        assert got.shape == (len(images), 10)
+        assert np.max(np.abs(got - expected)) < 1e-4, (model, mode)
+
+
+def test_ir_has_a_dynamic_batch_and_every_batch_size_runs(optimized_run, test_images):
+    images, _ = test_images
+    engine = create_engine(optimized_run, "backup1", "openvino-f32", "latency")
+    reference = engine.predict(images[:300])
+    for size in (1, 7, 256, 300):
+        assert np.allclose(engine.predict(images[:size]), reference[:size], atol=1e-5)
+    throughput = create_engine(optimized_run, "backup1", "openvino-f32", "throughput")
+    streamed = np.concatenate(list(throughput.predict_many([images[:7], images[7:300]])))
+    assert np.allclose(streamed, reference, atol=1e-5)
+    assert np.allclose(throughput.predict(images[:300]), reference, atol=1e-5)
+
+
+def test_manifest_records_checksums_and_the_int8_check(optimized_run):
+    layout = RunLayout(optimized_run)
+    record = read_manifest(optimized_run)["openvino"]["backup1"]
+    for precision in ("f32", "int8"):
+        xml = layout.openvino_ir("backup1", precision)
+        assert record[precision]["xml_sha256"] == sha256_file(xml)
+        assert record[precision]["bin_sha256"] == sha256_file(xml.with_suffix(".bin"))
+    int8 = record["int8"]
+    assert int8["method"] in ("ptq", "ptq+accuracy-control")
+    assert int8["calibration_images"] == 100 and int8["validation_images"] == 1000
+    assert int8["validation_drop"] <= 0.003 + 1e-9
+    assert record["f32"]["max_abs_diff_vs_keras"] < 1e-4
+    # No temporary directories are left beside the IRs.
+    assert sorted(p.name for p in layout.openvino_ir("backup1", "f32").parent.parent.iterdir()) == [
+        "f32",
+        "int8",
+    ]
+
+
+def test_int8_runs_in_int8_and_keeps_accuracy(optimized_run, test_images):
+    images, labels = test_images
+    f32 = create_engine(optimized_run, "backup1", "openvino-f32", "throughput")
+    int8 = create_engine(optimized_run, "backup1", "openvino-int8", "throughput")
+    assert int8.info.executed_precision.startswith("int8")
+    assert int8.info.details["inference_precision_hint"] == "f32"
+    f32_accuracy = np.mean(predict_in_batches(f32, images).argmax(1) == labels)
+    int8_accuracy = np.mean(predict_in_batches(int8, images).argmax(1) == labels)
+    # Accuracy control bounds the drop at 0.3 points on validation images; on 600 other
+    # images allow a few images' worth of sampling noise on this barely trained model.
+    assert f32_accuracy - int8_accuracy <= 0.01, (f32_accuracy, int8_accuracy)
+
+
+def test_bf16_runs_only_where_the_cpu_has_it(optimized_run):
+    if "BF16" in cpu_capabilities():
+        engine = create_engine(optimized_run, "backup1", "openvino-bf16", "latency")
+        assert engine.info.executed_precision == "bf16"
+    else:
+        with pytest.raises(VariantUnsupported, match="bf16"):
+            create_engine(optimized_run, "backup1", "openvino-bf16", "latency")
+
+
+def test_missing_or_corrupt_ir_is_an_error_naming_the_file(optimized_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(optimized_run, run, ignore=shutil.ignore_patterns("*.keras", "main"))
+    layout = RunLayout(run)
+    xml = layout.openvino_ir("backup2", "f32")
+    shutil.rmtree(xml.parent)
+    with pytest.raises(FmnistError, match=f"{xml}: OpenVINO IR file not found"):
+        create_engine(run, "backup2", "openvino-f32")
+
+    xml = layout.openvino_ir("backup1", "f32")
+    xml.with_suffix(".bin").unlink()
+    with pytest.raises(FmnistError, match=f"{xml.with_suffix('.bin')}: OpenVINO IR file not found"):
+        create_engine(run, "backup1", "openvino-f32")
+
+    xml = layout.openvino_ir("backup1", "int8")
+    xml.write_text(xml.read_text()[:500])
+    with pytest.raises(FmnistError, match=f"{xml}: cannot read OpenVINO IR"):
+        create_engine(run, "backup1", "openvino-int8")
+
+    result = invoke("evaluate", "--run", run, "--model", "backup2", "--variant", "openvino-f32")
+    assert result.exit_code == 1
+    assert "openvino/f32/model.xml: OpenVINO IR file not found" in result.output
+
+
+def test_truncated_weights_are_an_error_naming_the_file(optimized_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(optimized_run / "models" / "backup1", run / "models" / "backup1")
+    weights = RunLayout(run).openvino_ir("backup1", "f32").with_suffix(".bin")
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(FmnistError, match="backup1/openvino/f32/model.xml"):
+        create_engine(run, "backup1", "openvino-f32").predict(np.zeros((1, 28, 28, 1), "f4"))
+
+
+def test_optimize_cli_writes_the_f32_ir(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "models" / "backup1", run / "models" / "backup1")
+    result = invoke("optimize", "--run", run, "--model", "backup1")
+    assert result.exit_code == 0, result.output
+    assert "backup1: f32 IR" in result.output and "max |IR - Keras|" in result.output
+    assert RunLayout(run).openvino_ir("backup1", "f32").is_file()
+    assert not RunLayout(run).openvino_ir("backup1", "int8").exists()
+
+    result = invoke("optimize", "--run", run, "--model", "backup2")
+    assert result.exit_code == 1
+    assert "backup2/model.keras: model file not found" in result.output
+
+
+def test_evaluate_cli_for_the_openvino_variants(optimized_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(optimized_run / "models" / "backup1", run / "models" / "backup1")
+    for variant in ("openvino-f32", "openvino-int8"):
+        result = invoke(
+            "evaluate", "--run", run, "--model", "backup1", "--variant", variant, "--limit", 500
+        )
+        assert result.exit_code == 0, result.output
+        metrics = pd.read_parquet(RunLayout(run).metrics("backup1", variant))
+        assert metrics["images"].iloc[0] == 500
+    assert metrics["executed_precision"].iloc[0].startswith("int8")
+
+    args = ["evaluate", "--run", run, "--model", "backup1", "--variant", "openvino-bf16"]
+    if "BF16" not in cpu_capabilities():
+        result = invoke(*args, "--limit", 100)
+        assert result.exit_code == 1 and "bf16" in result.output
+        result = invoke(*args, "--limit", 100, "--skip-unsupported")
+        assert result.exit_code == 0 and "skipped backup1 (openvino-bf16)" in result.output
+        assert not RunLayout(run).metrics("backup1", "openvino-bf16").exists()
+
+
+def test_optimize_and_benchmark_commands_have_help_with_an_example():
+    for command in ("optimize", "benchmark"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Example" in result.output
