@@ -214,3 +214,43 @@ def test_submit_runs_the_dag_holds_back_after_a_failure_and_resumes(
     )
     assert f"{len(states)}/{len(states)} tasks done" in status.stdout
     assert "train:backup1" in status.stdout
+
+
+TWO_STEP_SPEC = """
+[profiles.quick]
+node_types = ["local"]
+
+[[steps]]
+name = "evaluate"
+command = "jobenv --save {run}/jobenv"
+outputs = ["jobenv/evaluate.json"]
+
+[[steps]]
+name = "report"
+needs = ["evaluate"]
+command = "jobenv --save {run}/jobenv"
+outputs = ["jobenv/report.json"]
+"""
+
+
+def test_torque_flavor_through_the_qsub_wrapper(slurm_cluster, tmp_path, job_env):
+    """The Torque dialect (qsub -W depend=afterok, qstat -f) against a real qsub."""
+    spec = tmp_path / "two_steps.toml"
+    spec.write_text(TWO_STEP_SPEC)
+    env = {**job_env, "FMNIST_PIPELINE": str(spec)}
+    run = tmp_path / "run"
+    subprocess.run(
+        [*FMNIST, "submit", "--scheduler", "torque", "--node-type", "local", "--out", str(run)],
+        env=env, cwd=PROJECT, check=True,
+    )  # fmt: skip
+    record = read_record(run)
+    assert record["jobs"]["report"]["after"] == [record["jobs"]["evaluate"]["job_id"]]
+    assert (
+        "depend=afterok:" + record["jobs"]["evaluate"]["job_id"]
+        in record["jobs"]["report"]["command"]
+    )
+    states = wait_for_run(run, timeout=180)
+    assert states == {"evaluate": "done", "report": "done"}
+    seen = json.loads((run / "jobenv" / "report.json").read_text())
+    assert seen["job_id"] == record["jobs"]["report"]["job_id"]
+    assert seen["job_name"] == "report"
