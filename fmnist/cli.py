@@ -719,9 +719,11 @@ def jobenv_command(as_json, save):
     help="reject: write bad rows to rejects-*.parquet and go on; fail: stop at the first.",
 )
 @click.option("--probabilities", is_flag=True, help="Also write prob_0..prob_9.")
-@click.option("--batch-size", type=int, default=1024, show_default=True)
 @click.option(
-    "--block-mb", type=int, default=32, show_default=True, help="CSV bytes parsed per block."
+    "--batch-size", type=int, default=256, show_default=True, help="Images per engine call."
+)
+@click.option(
+    "--block-mb", type=int, default=16, show_default=True, help="MiB of CSV parsed per block."
 )
 def score_command(
     input_csv, run, model, variant, shard, workers, out, on_bad_row, probabilities,

@@ -87,6 +87,7 @@ class ScoreConfig:
     probabilities: bool = False
     batch_size: int = 256
     block_bytes: int = BLOCK_BYTES
+    gzip_block_rows: int = GZIP_BLOCK_ROWS  # gzip shards take every N-th block of this many rows
     row_group_rows: int = 262_144
 
 
@@ -353,20 +354,11 @@ def read_marker(path: Path) -> dict | None:
         return None
 
 
-def shard_finished(
-    out_dir: Path, index: int, count: int, fingerprint: str, sha: str, variant: str
-) -> bool:
-    """A shard is finished when its marker matches the input, the model and its files."""
+def shard_finished(out_dir: Path, index: int, count: int, expected: dict) -> bool:
+    """A shard is finished when its marker has the ``expected`` values and its files."""
     marker = read_marker(out_dir / marker_name(index, count))
     if not marker or marker.get("format") != MARKER_FORMAT:
         return False
-    expected = {
-        "shard": index,
-        "shards": count,
-        "input_fingerprint": fingerprint,
-        "model_sha256": sha,
-        "variant": variant,
-    }
     if any(marker.get(key) != value for key, value in expected.items()):
         return False
     for name_key, sha_key in (("part", "part_sha256"), ("rejects", "rejects_sha256")):
@@ -413,17 +405,20 @@ def peak_rss_bytes() -> int:
 # --------------------------------------------------------------------------- scoring
 
 
-def shard_blocks(csv: CsvInput, index: int, count: int, block_bytes: int):
+def shard_blocks(csv: CsvInput, index: int, config: ScoreConfig):
     """(blocks of this shard, description of the cut recorded in the marker)."""
+    count, block_rows = config.shards, config.gzip_block_rows
     if csv.compressed:
         blocks = (
             block
-            for block in iter_gzip_blocks(csv, lambda k: in_gzip_shard(k, index, count))
+            for block in iter_gzip_blocks(
+                csv, lambda k: in_gzip_shard(k, index, count), block_rows=block_rows
+            )
             if block.data
         )
-        return blocks, {"sharding": "row-blocks", "block_rows": GZIP_BLOCK_ROWS}
+        return blocks, {"sharding": "row-blocks", "block_rows": block_rows}
     cut = byte_range(csv, index, count)
-    blocks = iter_range_blocks(csv, cut.start, cut.end, cut.first_row, block_bytes)
+    blocks = iter_range_blocks(csv, cut.start, cut.end, cut.first_row, config.block_bytes)
     return blocks, {
         "sharding": "bytes",
         "byte_start": cut.start,
@@ -459,7 +454,17 @@ def score_shard(
     out_dir = config.out_dir
     part = out_dir / part_name(index, count)
     with shard_lock(out_dir, index, count):
-        if shard_finished(out_dir, index, count, fingerprint, expected_sha, config.variant):
+        expected = {
+            "shard": index,
+            "shards": count,
+            "input_fingerprint": fingerprint,
+            "model_sha256": expected_sha,
+            "variant": config.variant,
+            "has_label": csv.has_label,
+            "probabilities": config.probabilities,
+            "block_rows": config.gzip_block_rows if csv.compressed else None,
+        }
+        if shard_finished(out_dir, index, count, expected):
             marker = read_marker(out_dir / marker_name(index, count))
             progress(f"{label}: already finished, skipped ({part})")
             return _result(marker, "skipped", part)
@@ -482,7 +487,7 @@ def score_shard(
         }
         schema = prediction_schema(csv.has_label, config.probabilities, metadata)
         started = time.perf_counter()
-        blocks, cut = shard_blocks(csv, index, count, config.block_bytes)
+        blocks, cut = shard_blocks(csv, index, config)
         counts = _write_shard(config, csv, engine, schema, blocks, index, count, progress)
         seconds = time.perf_counter() - started
         rows_read, predicted, rejected = counts
@@ -496,6 +501,7 @@ def score_shard(
             "compressed": csv.compressed,
             "has_header": csv.has_header,
             "has_label": csv.has_label,
+            "probabilities": config.probabilities,
             **cut,
             "rows_read": rows_read,
             "predicted": predicted,

@@ -1,0 +1,362 @@
+"""Batch scoring end to end: shards, rejects, resume, verify and merge, with a real engine."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from fmnist.cli import main
+from fmnist.data import CLASS_NAMES, CSV_HEADER, to_model_input
+from fmnist.engines import create_engine
+from fmnist.io import FmnistError, RunLayout, write_parquet_atomic
+from fmnist.score import (
+    ScoreConfig,
+    array_index,
+    default_out_dir,
+    default_variant,
+    marker_name,
+    parse_shard_option,
+    part_name,
+    rejects_name,
+    score_shards,
+)
+from fmnist.verify import merge_parts, verify_predictions
+
+ROWS = 300
+MODEL = "backup1"
+
+
+@pytest.fixture(scope="module")
+def sample_csv(tmp_path_factory, dataset_dir):
+    """Real test-split rows written by `fmnist-batch data to-csv`."""
+    path = tmp_path_factory.mktemp("inputs") / "sample.csv"
+    result = CliRunner().invoke(
+        main,
+        ["data", "to-csv", "--split", "test", "--limit", str(ROWS), "--out", str(path)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(trained_run, dataset):
+    """Probabilities of the engine itself on the same images."""
+    engine = create_engine(trained_run, MODEL, "keras-predict", mode="throughput")
+    return engine.predict(to_model_input(dataset.test.images[:ROWS]))
+
+
+def config_for(run, source, out, shards=1, **extra) -> ScoreConfig:
+    return ScoreConfig(
+        input=source,
+        run=run,
+        model=MODEL,
+        variant="keras-predict",
+        out_dir=out,
+        shards=shards,
+        **extra,
+    )
+
+
+def score(run, source, out, shards=1, **extra):
+    config = config_for(run, source, out, shards, **extra)
+    return score_shards(config, list(range(shards)), progress=lambda message: None)
+
+
+def read_parts(directory, count):
+    return pd.concat(
+        [pd.read_parquet(directory / part_name(i, count)) for i in range(count)],
+        ignore_index=True,
+    )
+
+
+def check_predictions(frame, reference, rows):
+    assert np.array_equal(frame["row_id"], rows)
+    assert np.array_equal(frame["pred"], reference[rows].argmax(axis=1))
+    assert list(frame["pred_name"]) == [CLASS_NAMES[p] for p in frame["pred"]]
+    np.testing.assert_allclose(frame["confidence"], reference[rows].max(axis=1), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def test_shards_predict_every_row_like_the_engine(
+    tmp_path, trained_run, sample_csv, reference, dataset
+):
+    out = tmp_path / "out"
+    results = score(trained_run, sample_csv, out, shards=3, probabilities=True)
+    assert [r.status for r in results] == ["scored"] * 3
+    assert sum(r.predicted for r in results) == ROWS and sum(r.rejected for r in results) == 0
+    frame = read_parts(out, 3)
+    check_predictions(frame, reference, np.arange(ROWS))
+    assert np.array_equal(frame["label"], dataset.test.labels[:ROWS])
+    probs = frame[[f"prob_{k}" for k in range(10)]].to_numpy()
+    np.testing.assert_allclose(probs, reference, atol=1e-5)
+    metadata = pq.read_schema(out / part_name(1, 3)).metadata
+    marker = json.loads((out / marker_name(1, 3)).read_text())
+    assert metadata[b"model"] == b"backup1" and metadata[b"variant"] == b"keras-predict"
+    assert metadata[b"model_sha256"].decode() == marker["model_sha256"]
+    assert metadata[b"input_fingerprint"].decode() == marker["input_fingerprint"]
+    assert marker["rows_read"] == marker["predicted"] == results[1].rows_read > 0
+    assert marker["peak_rss_bytes"] > 0 and marker["rows_per_second"] > 0
+    result = verify_predictions(out)
+    assert (result.rows, result.predicted, result.rejected) == (ROWS, ROWS, 0)
+    merged = tmp_path / "merged.parquet"
+    assert merge_parts(result, merged) == ROWS
+    assert pd.read_parquet(merged).equals(frame)
+
+
+def test_headerless_labelless_and_gzip_inputs(tmp_path, trained_run, sample_csv, reference):
+    lines = sample_csv.read_text().splitlines()
+    pixels_only = [line.split(",", 1)[1] for line in lines[1:]]
+    inputs = {
+        "headerless.csv": ("\n".join(lines[1:]) + "\n", True),
+        "nolabel.csv": ("\n".join([",".join(CSV_HEADER[1:]), *pixels_only]) + "\n", False),
+        "nolabel-headerless.csv.gz": ("\n".join(pixels_only), False),
+        "labelled.csv.gz": ("\n".join(lines) + "\n", True),
+    }
+    for name, (text, labelled) in inputs.items():
+        source = tmp_path / name
+        data = text.encode()
+        source.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+        out = tmp_path / f"out-{name}"
+        # gzip shards interleave blocks of 64 rows: 5 blocks over 2 shards.
+        score(trained_run, source, out, shards=2, gzip_block_rows=64)
+        frame = read_parts(out, 2).sort_values("row_id", ignore_index=True)
+        check_predictions(frame, reference, np.arange(ROWS))
+        assert ("label" in frame.columns) == labelled, name
+        result = verify_predictions(out)
+        assert result.rows == result.predicted == ROWS, name
+        merged = tmp_path / f"{name}.parquet"
+        merge_parts(result, merged)
+        assert np.array_equal(pd.read_parquet(merged)["row_id"], np.arange(ROWS)), name
+
+
+def bad_copy(sample_csv, path):
+    """The sample with a few bad rows: {row id: kind}."""
+    lines = sample_csv.read_text().splitlines()
+    bad = {7: "over_255", 150: "too_few_fields", 151: "label_out_of_range", 299: "nan"}
+    lines[1 + 7] = lines[1 + 7].rsplit(",", 1)[0] + ",256"
+    lines[1 + 150] = lines[1 + 150].rsplit(",", 1)[0]
+    lines[1 + 151] = "11," + lines[1 + 151].split(",", 1)[1]
+    lines[1 + 299] = lines[1 + 299].rsplit(",", 1)[0] + ",nan"
+    path.write_text("\n".join(lines) + "\n")
+    return path, bad
+
+
+def test_bad_rows_are_rejected_next_to_the_part_and_accounted(
+    tmp_path, trained_run, sample_csv, reference
+):
+    source, bad = bad_copy(sample_csv, tmp_path / "bad.csv")
+    out = tmp_path / "out"
+    results = score(trained_run, source, out, shards=2)
+    assert sum(r.rejected for r in results) == len(bad)
+    rejects = pd.concat([pd.read_parquet(out / rejects_name(i, 2)) for i in range(2)])
+    assert dict(zip(rejects["row_id"], rejects["kind"], strict=True)) == bad
+    assert list(rejects["line"]) == [row + 2 for row in bad]
+    lines = source.read_text().splitlines()
+    assert list(rejects["raw"]) == [lines[row + 1][:200] for row in bad]
+    good = np.array(sorted(set(range(ROWS)) - set(bad)))
+    check_predictions(read_parts(out, 2), reference, good)
+    result = verify_predictions(out)
+    assert (result.rows, result.predicted, result.rejected) == (ROWS, ROWS - 4, 4)
+
+
+def test_fail_mode_stops_at_the_first_bad_row_and_leaves_nothing(tmp_path, trained_run, sample_csv):
+    source, _ = bad_copy(sample_csv, tmp_path / "bad.csv")
+    out = tmp_path / "out"
+    with pytest.raises(FmnistError) as info:
+        score(trained_run, source, out, on_bad_row="fail")
+    assert str(info.value).startswith(f"{source}:9: pixel784 is 256, above 255")
+    assert sorted(p.name for p in out.iterdir()) == [".part-00000-of-00001.lock"]
+
+
+def test_rerun_skips_finished_shards_and_redoes_the_rest(tmp_path, trained_run, sample_csv):
+    out = tmp_path / "out"
+    score(trained_run, sample_csv, out, shards=3)
+    before = {i: (out / part_name(i, 3)).stat().st_mtime_ns for i in range(3)}
+    (out / marker_name(1, 3)).unlink()  # shard 1 was killed before its marker
+    stale = out / f".{part_name(1, 3)}.abc123.tmp"
+    stale.write_bytes(b"half a parquet file")
+    results = score(trained_run, sample_csv, out, shards=3)
+    assert [r.status for r in results] == ["skipped", "scored", "skipped"]
+    assert not stale.exists()
+    assert (out / part_name(0, 3)).stat().st_mtime_ns == before[0]
+    assert verify_predictions(out).predicted == ROWS
+    # A finished shard of another model file is not finished for this one.
+    marker = json.loads((out / marker_name(2, 3)).read_text())
+    marker["model_sha256"] = "0" * 64
+    (out / marker_name(2, 3)).write_text(json.dumps(marker))
+    results = score(trained_run, sample_csv, out, shards=3)
+    assert [r.status for r in results] == ["skipped", "skipped", "scored"]
+
+
+# --------------------------------------------------------------------------- verify
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, trained_run, sample_csv):
+    out = tmp_path_factory.mktemp("scored") / "out"
+    score(trained_run, sample_csv, out, shards=3)
+    return out
+
+
+def _drop_row(directory):
+    table = pq.read_table(directory / part_name(1, 3))
+    ids = table.column("row_id").to_numpy()
+    pq.write_table(table.filter(ids != ids[5]), directory / part_name(1, 3))
+
+
+def _tamper_marker(directory):
+    path = directory / marker_name(2, 3)
+    marker = json.loads(path.read_text())
+    marker["predicted"] += 1
+    path.write_text(json.dumps(marker))
+
+
+def _change_a_prediction(directory):
+    table = pq.read_table(directory / part_name(0, 3))
+    pred = table.column("pred").to_numpy().copy()
+    pred[3] = (pred[3] + 1) % 10
+    table = table.set_column(table.schema.get_field_index("pred"), "pred", pa.array(pred))
+    pq.write_table(table, directory / part_name(0, 3))  # same metadata, other content
+
+
+def _duplicate_row(directory):
+    table = pq.read_table(directory / part_name(0, 3))
+    pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), directory / part_name(0, 3))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / part_name(1, 3)).unlink(), "part-00001-of-00003.parquet: missing"),
+        (lambda d: (d / marker_name(0, 3)).unlink(), "shard 0/3 is not finished"),
+        (lambda d: (d / rejects_name(2, 3)).unlink(), "rejects-00002-of-00003.parquet: missing"),
+        (_tamper_marker, r"success.json: predicted is \d+, should be \d+"),
+        (_drop_row, r"row \d+ \(line \d+ of the input\) is neither predicted nor rejected"),
+        (_duplicate_row, "row 0 appears more than once"),
+        (_change_a_prediction, "SHA-256 differs from part_sha256"),
+        (lambda d: (d / part_name(0, 2)).write_bytes(b""), r"different shard counts \[2, 3\]"),
+    ],
+)
+def test_verify_names_the_first_discrepancy(tmp_path, scored, damage, message):
+    directory = tmp_path / "copy"
+    shutil.copytree(scored, directory)
+    verify_predictions(directory)
+    damage(directory)
+    with pytest.raises(FmnistError, match=message):
+        verify_predictions(directory)
+
+
+def test_verify_notices_a_changed_input(tmp_path, scored, sample_csv):
+    changed = tmp_path / "changed.csv"
+    changed.write_text(sample_csv.read_text() + sample_csv.read_text().splitlines()[1] + "\n")
+    with pytest.raises(FmnistError, match="input changed since it was scored"):
+        verify_predictions(scored, changed)
+    with pytest.raises(FmnistError, match="not found"):
+        verify_predictions(scored, tmp_path / "moved.csv")
+
+
+# --------------------------------------------------------------------------- choices
+
+
+def test_default_variant_prefers_int8_within_three_tenths_of_a_point(tmp_path):
+    layout = RunLayout(tmp_path)
+
+    def metrics(variant, accuracy):
+        write_parquet_atomic(layout.metrics("m", variant), pd.DataFrame({"accuracy": [accuracy]}))
+
+    def ir(precision):
+        xml = layout.openvino_ir("m", precision)
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        xml.write_text("<net/>")
+
+    assert default_variant(tmp_path, "m")[0] == "keras-predict"
+    ir("f32")
+    assert default_variant(tmp_path, "m")[0] == "openvino-f32"
+    ir("int8")
+    metrics("openvino-f32", 0.9050)
+    metrics("openvino-int8", 0.9021)
+    assert default_variant(tmp_path, "m")[0] == "openvino-int8"
+    metrics("openvino-int8", 0.9010)
+    variant, why = default_variant(tmp_path, "m")
+    assert variant == "openvino-f32" and "more than 0.3 points below" in why
+
+
+def test_shard_option_and_array_index():
+    assert parse_shard_option(None, workers=3) == ([0, 1, 2], 3)
+    assert parse_shard_option("2/5") == ([2], 5)
+    assert parse_shard_option("all/4") == ([0, 1, 2, 3], 4)
+    assert parse_shard_option("auto/4", environ={"SLURM_ARRAY_TASK_ID": "3"}) == ([3], 4)
+    assert parse_shard_option("auto/4", environ={"PBS_ARRAYID": "0"}) == ([0], 4)
+    assert parse_shard_option("auto/4", environ={"PBS_ARRAY_INDEX": "2"}) == ([2], 4)
+    one_based = {"PBS_ARRAY_INDEX": "4", "FMNIST_ARRAY_BASE": "1"}
+    assert parse_shard_option("auto/4", environ=one_based) == ([3], 4)
+    assert array_index({"FMNIST_ARRAY_INDEX": "1"}) == 1
+    for text, message in (
+        ("4/4", "must be in 0-3"),
+        ("x/4", "expected I/N"),
+        ("1/0", "N >= 1"),
+        ("3", "expected I/N"),
+    ):
+        with pytest.raises(FmnistError, match=message):
+            parse_shard_option(text)
+    with pytest.raises(FmnistError, match="outside 0-3 .* FMNIST_ARRAY_BASE=1"):
+        parse_shard_option("auto/4", environ={"SLURM_ARRAY_TASK_ID": "4"})
+    with pytest.raises(FmnistError, match="needs an array index"):
+        parse_shard_option("auto/4", environ={})
+
+
+def test_default_output_directory():
+    assert str(default_out_dir("R", "/x/big.csv.gz", "main")) == "R/predictions/big/main"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_score_shards_then_verify_and_merge(tmp_path, trained_run, sample_csv):
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    common = ["score", str(sample_csv), "--run", str(trained_run), "--model", MODEL]
+    common += ["--variant", "keras-predict", "--out", str(out)]
+    result = runner.invoke(main, [*common, "--shard", "0/2"])
+    assert result.exit_code == 0, result.output
+    assert "shard 0/2 scored" in result.stdout
+    unfinished = runner.invoke(main, ["verify", str(out)])
+    assert unfinished.exit_code == 1
+    assert "shard 1/2 is not finished" in unfinished.output
+    result = runner.invoke(main, [*common, "--shard", "auto/2"], env={"SLURM_ARRAY_TASK_ID": "1"})
+    assert result.exit_code == 0 and "shard 1/2 scored" in result.stdout, result.output
+    merged = tmp_path / "all.parquet"
+    result = runner.invoke(main, ["verify", str(out), "--merge", str(merged)])
+    assert result.exit_code == 0, result.output
+    assert f"{ROWS} input rows = {ROWS} predicted + 0 rejected" in result.stdout
+    assert len(pd.read_parquet(merged)) == ROWS
+
+
+def test_cli_errors_are_one_line(tmp_path, trained_run, sample_csv):
+    runner = CliRunner()
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    source, _ = bad_copy(sample_csv, tmp_path / "bad.csv")
+    args = ["--run", str(trained_run), "--model", MODEL, "--variant", "keras-predict"]
+    args += ["--out", str(tmp_path / "o")]
+    for argv, message in (
+        (["score", str(empty), *args], f"error: {empty}: empty file"),
+        (["score", str(source), *args, "--on-bad-row", "fail"], f"error: {source}:9: pixel784"),
+        (["score", str(sample_csv), *args, "--shard", "2/2"], "shard index must be in 0-1"),
+        (["verify", str(tmp_path)], "no part-*-of-*.parquet files"),
+    ):
+        result = runner.invoke(main, argv)
+        assert result.exit_code == 1, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], result.output
