@@ -84,6 +84,8 @@ class RunData:
     timings: pd.DataFrame  # canonical columns (TIMING_ALIASES) plus 'file'
     scoring: pd.DataFrame  # one row per prediction part: input, model, part, marker fields
     problems: list[str] = field(default_factory=list)  # files present but unreadable
+    # Lookups the report repeats for many cells, memoised by their arguments.
+    cache: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def layout(self) -> RunLayout:
@@ -327,12 +329,60 @@ def _read_scoring(layout: RunLayout, problems: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+class _MemberFile(io.RawIOBase):
+    """A read-only, seekable view of a stored (uncompressed) zip member.
+
+    h5py reads only the few bytes it needs through it; ``ZipFile.open`` would re-read
+    the archive from the start on every backward seek.
+    """
+
+    def __init__(self, handle, start: int, size: int):
+        super().__init__()
+        self.handle, self.start, self.size, self.position = handle, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        count = max(0, min(len(buffer), self.size - self.position))
+        self.handle.seek(self.start + self.position)
+        data = self.handle.read(count)
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+
+def _stored_member(archive: zipfile.ZipFile, handle, name: str) -> io.RawIOBase:
+    info = archive.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED:
+        with archive.open(info) as member:
+            return io.BytesIO(member.read())
+    # The local header (30 bytes + name + extra) precedes the member's bytes.
+    handle.seek(info.header_offset)
+    header = handle.read(30)
+    name_length = int.from_bytes(header[26:28], "little")
+    extra_length = int.from_bytes(header[28:30], "little")
+    start = info.header_offset + 30 + name_length + extra_length
+    return _MemberFile(handle, start, info.file_size)
+
+
 def _parameter_count(layout: RunLayout, model: str, manifest: dict[str, Any]) -> int | None:
     """Parameters of a trained model: from the manifest, else counted in model.keras.
 
     A ``.keras`` file is a zip holding ``model.weights.h5``; its ``layers/`` group has
     every variable Keras counts in ``count_params`` (the optimizer state lives apart).
-    Counting there avoids importing TensorFlow just to draw a table.
+    Counting there reads only the HDF5 metadata and avoids importing TensorFlow.
     """
     recorded = ((manifest.get("models") or {}).get(model) or {}).get("params")
     if isinstance(recorded, int):
@@ -343,8 +393,6 @@ def _parameter_count(layout: RunLayout, model: str, manifest: dict[str, Any]) ->
     try:
         import h5py
 
-        with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as handle:
-            weights = h5py.File(io.BytesIO(handle.read()), "r")
         total = 0
 
         def count(name: str, obj: Any) -> None:
@@ -352,8 +400,10 @@ def _parameter_count(layout: RunLayout, model: str, manifest: dict[str, Any]) ->
             if isinstance(obj, h5py.Dataset) and name.startswith("layers/"):
                 total += int(obj.size)
 
-        weights.visititems(count)
-        weights.close()
+        with open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
+            member = _stored_member(archive, handle, "model.weights.h5")
+            with h5py.File(member, "r") as weights:
+                weights.visititems(count)
         return total
     except Exception:  # an unreadable model is reported by the stages that load it
         return None

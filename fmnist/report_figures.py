@@ -7,6 +7,7 @@ saved as PNG without a 'Software' text chunk, so the same input gives the same b
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pandas as pd
 
 from fmnist.data import CLASS_NAMES
 from fmnist.engines import VARIANTS
+from fmnist.io import atomic_path
 from fmnist.plots import _pyplot, _save, plot_confusion_matrix, plot_training_curves
 from fmnist.report_data import RunData
 from fmnist.report_tables import BASELINE, Context, ReportTables
@@ -64,6 +66,16 @@ def confusion_variant(run: RunData, model: str) -> str | None:
     return BASELINE if BASELINE in variants else variants[0]
 
 
+def _copy_or_draw(source: Path, target: Path, draw) -> None:
+    # Training and evaluation already drew these from the same files: copying them is
+    # faster than drawing again and gives the same bytes for the same run.
+    if source.is_file():
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+    else:
+        draw(target)
+
+
 def draw_run_figures(run: RunData, models: list[str], out: Path) -> list[Figure]:
     """Training curves and the confusion heatmap of every model of one run."""
     figures = []
@@ -72,7 +84,11 @@ def draw_run_figures(run: RunData, models: list[str], out: Path) -> list[Figure]
         if history is not None and all(c in history.columns for c in HISTORY_NEEDS):
             if len(history):
                 path = Path("figures") / f"curves__{slug(run.label)}__{model}.png"
-                plot_training_curves(history, f"{model} ({run.label})", out / path)
+                _copy_or_draw(
+                    run.layout.figures_dir / f"{model}__curves.png",
+                    out / path,
+                    lambda target, h=history, m=model: plot_training_curves(h, m, target),
+                )
                 figures.append(
                     Figure(
                         "curves", path, f"{model}: training curves ({run.label})", model, run.label
@@ -86,8 +102,11 @@ def draw_run_figures(run: RunData, models: list[str], out: Path) -> list[Figure]
             continue
         accuracy = np.trace(matrix) / matrix.sum() if matrix.sum() else 0.0
         path = Path("figures") / f"confusion__{slug(run.label)}__{model}__{variant}.png"
-        plot_confusion_matrix(
-            matrix, f"{model} ({variant}, {run.label}): accuracy {accuracy:.4f}", out / path
+        title = f"{model} ({variant}): accuracy {accuracy:.4f}"
+        _copy_or_draw(
+            run.layout.figures_dir / f"{model}__{variant}__confusion.png",
+            out / path,
+            lambda target, m=matrix, t=title: plot_confusion_matrix(m, t, target),
         )
         figures.append(
             Figure(

@@ -128,9 +128,13 @@ p { line-height: 1.45; }
 table { border-collapse: collapse; margin: 10px 0 6px 0; font-size: 13px; }
 th, td { border: 1px solid #c9d3e0; padding: 4px 8px; text-align: right;
          vertical-align: top; }
+td { white-space: nowrap; }
+td.text { white-space: normal; min-width: 120px; }
+.scroll { overflow-x: auto; max-width: 100%; }
 th { background: #e8eef6; }
 td.label, th.label { text-align: left; font-weight: 600; background: #f5f7fa; }
 td.text { text-align: left; }
+td.label { white-space: normal; }
 td.seed { background: #fff8e1; color: #5d4b00; }
 th.seed { background: #ffe9a8; }
 td.gap { background: #fde8e8; color: #9b1c1c; font-style: italic; }
@@ -187,7 +191,7 @@ def to_html(blocks: list[Block], base: Path, title: str) -> str:
 def _html_table(table: Table) -> str:
     texts, footnotes = gap_footnotes(table)
     css = f' class="{table.css_class}"' if table.css_class else ""
-    parts = [f"<table{css}>"]
+    parts = [f'<div class="scroll"><table{css}>']
     if table.caption:
         parts.append(f"<caption>{html.escape(table.caption)}</caption>")
     header_cells = []
@@ -214,7 +218,7 @@ def _html_table(table: Table) -> str:
             title = f' title="{html.escape(cell.gap)}"' if cell.gap else ""
             tds.append(f"<td{attr}{title}>{html.escape(text)}</td>")
         parts.append("<tr>" + "".join(tds) + "</tr>")
-    parts.append("</tbody></table>")
+    parts.append("</tbody></table></div>")
     notes = [*footnotes, *table.notes]
     if notes:
         parts.append(

@@ -27,12 +27,12 @@ OK_STATUSES = ("", "ok", "done", "success", "succeeded", "measured", "completed"
 SEED_COLUMN = "seed"
 
 OPTIMIZATION = {
-    "keras-predict": "none: Keras model.predict, TensorFlow defaults",
-    "keras-onednn-off": "none: TensorFlow with TF_ENABLE_ONEDNN_OPTS=0",
-    "keras-onednn-on": "oneDNN in TensorFlow (TF_ENABLE_ONEDNN_OPTS=1)",
-    "openvino-f32": "OpenVINO IR, f32",
-    "openvino-bf16": "OpenVINO IR executed in bf16",
-    "openvino-int8": "OpenVINO IR quantized to INT8 (NNCF)",
+    "keras-predict": "none",
+    "keras-onednn-off": "none (oneDNN off)",
+    "keras-onednn-on": "oneDNN in TensorFlow",
+    "openvino-f32": "OpenVINO IR f32",
+    "openvino-bf16": "OpenVINO IR, bf16 execution",
+    "openvino-int8": "OpenVINO IR, NNCF INT8",
 }
 RECORD_COLUMNS = [
     "section",
@@ -157,6 +157,21 @@ def find_timing(
 
     Re-runs append rows; the last one (files in name order, rows in file order) wins.
     """
+    key = ("timing", node_type, model, variant, mode, batch_size, yardstick)
+    if key not in run.cache:
+        run.cache[key] = _find_timing(run, node_type, model, variant, mode, batch_size, yardstick)
+    return run.cache[key]
+
+
+def _find_timing(
+    run: RunData,
+    node_type: str,
+    model: str,
+    variant: str,
+    mode: str,
+    batch_size: int | None,
+    yardstick: bool,
+) -> Lookup:
     timings = run.timings
     if timings.empty:
         return Lookup(None, "no benchmark in this run (timings/ is empty)")
@@ -211,6 +226,13 @@ def _timing_value(lookup: Lookup, column: str, what: str) -> tuple[float | None,
 
 def metrics_summary(run: RunData, model: str, variant: str) -> tuple[pd.Series | None, str]:
     """The overall metrics row (accuracy, loss, ...) of a model x variant, or why none."""
+    key = ("metrics", model, variant)
+    if key not in run.cache:
+        run.cache[key] = _metrics_summary(run, model, variant)
+    return run.cache[key]
+
+
+def _metrics_summary(run: RunData, model: str, variant: str) -> tuple[pd.Series | None, str]:
     metrics = run.metrics
     if len(metrics):
         rows = metrics[(metrics["model"] == model) & (metrics["variant"] == variant)]
@@ -355,7 +377,7 @@ def results_section(
                     "text",
                     model,
                     None,
-                    text="keras-onednn-on (the only variant the seed timed)",
+                    text="oneDNN (the only one timed)",
                 )
     return out
 
