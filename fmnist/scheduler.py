@@ -30,12 +30,13 @@ from fmnist.nodetypes import FLAVORS
 
 # Job states, normalised across flavors.
 QUEUED, HELD, RUNNING = "queued", "held", "running"
-COMPLETED, FAILED, CANCELLED, FINISHED, UNKNOWN = (
+COMPLETED, FAILED, CANCELLED, FINISHED, UNKNOWN, BLOCKED = (
     "completed",
     "failed",
     "cancelled",
     "finished",  # ended, exit status not reported (Slurm's qstat wrapper): outputs decide
     "unknown",  # the scheduler no longer knows the job
+    "blocked",  # queued behind a job that failed: it will never start
 )
 ACTIVE = (QUEUED, HELD, RUNNING)
 
@@ -191,7 +192,7 @@ _PBS_STATES = {
 def combine_states(states: Iterable[str]) -> str:
     """One state for an array job from its elements' states."""
     states = list(states)
-    for state in (RUNNING, QUEUED, HELD, FAILED, CANCELLED, FINISHED, UNKNOWN):
+    for state in (RUNNING, QUEUED, HELD, BLOCKED, FAILED, CANCELLED, FINISHED, UNKNOWN):
         if state in states:
             return state
     return COMPLETED if states else UNKNOWN
@@ -207,11 +208,14 @@ def parse_scontrol_jobs(text: str) -> dict[str, JobState]:
         fields = dict(re.findall(r"(\w+)=(\S*)", line))
         if "JobId" not in fields or "JobState" not in fields:
             continue
-        raw = fields["JobState"]
-        detail = raw if fields.get("Reason", "None") == "None" else f"{raw} ({fields['Reason']})"
+        raw, reason = fields["JobState"], fields.get("Reason", "None")
+        detail = raw if reason == "None" else f"{raw} ({reason})"
+        state = _SLURM_STATES.get(raw, UNKNOWN)
+        if state == QUEUED and reason == "DependencyNeverSatisfied":
+            state = BLOCKED  # clusters without kill_invalid_depend leave these queued
         key = fields.get("ArrayJobId") or fields["JobId"]
         index = fields.get("ArrayTaskId") or ""
-        elements.setdefault(key, {})[index] = (_SLURM_STATES.get(raw, UNKNOWN), detail)
+        elements.setdefault(key, {})[index] = (state, detail)
     return {key: _fold(parts) for key, parts in elements.items()}
 
 

@@ -33,6 +33,7 @@ from fmnist.nodetypes import NodeType, load_node_types
 from fmnist.pipeline import Pipeline, Task, array_size, expand, log_path
 from fmnist.scheduler import (
     ACTIVE,
+    BLOCKED,
     COMPLETED,
     UNKNOWN,
     Dependency,
@@ -249,9 +250,9 @@ def submit_jobs(
             current[task.id] = Dependency(old["job_id"], bool(old.get("array")))
             progress(f"[kept]      {task.id}: job {old['job_id']} is {state.state}")
             continue
-        if state and state.state in ACTIVE:
+        if state and state.state in (*ACTIVE, BLOCKED):
             cancel_jobs(settings.scheduler, [old["job_id"]])
-            progress(f"[cancelled] {task.id}: job {old['job_id']} waited for a replaced job")
+            progress(f"[cancelled] {task.id}: job {old['job_id']} waited for a failed job")
         after = tuple(current[n] for n in task.needs if n in current)
         submission = replace(job.submission, after=after)
         command = submit_command(settings.scheduler, submission)

@@ -23,6 +23,7 @@ from fmnist.io import FmnistError
 from fmnist.nodetypes import FLAVORS, load_node_types, parse_node_type_list
 from fmnist.pipeline import load_pipeline
 from fmnist.scheduler import (
+    BLOCKED,
     CANCELLED,
     COMPLETED,
     FAILED,
@@ -244,6 +245,7 @@ def test_parse_scontrol_folds_array_elements():
             "JobId=10 ArrayJobId=10 ArrayTaskId=0 JobState=COMPLETED Reason=None",
             "JobId=12 JobName=report JobState=CANCELLED Reason=DependencyNeverSatisfied",
             "JobId=13 ArrayJobId=13 ArrayTaskId=0-3 JobState=PENDING Reason=Dependency",
+            "JobId=14 JobState=PENDING Reason=DependencyNeverSatisfied",
         ]
     )
     states = parse_scontrol_jobs(text)
@@ -252,6 +254,7 @@ def test_parse_scontrol_folds_array_elements():
     assert states["10"].elements == {"0": COMPLETED, "1": FAILED}
     assert states["12"] == JobState(CANCELLED, "CANCELLED (DependencyNeverSatisfied)")
     assert states["13"].state == QUEUED
+    assert states["14"].state == BLOCKED  # waits for a failed job: will never start
 
 
 def test_parse_sacct():

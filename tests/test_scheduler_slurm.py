@@ -178,6 +178,13 @@ def test_submit_runs_the_dag_holds_back_after_a_failure_and_resumes(
     failing = {**job_env, "FMNIST_EVAL_LIMIT": "not-a-number"}
     subprocess.run(submit, env=failing, cwd=PROJECT, check=True)
     first = read_record(run)
+    # Resuming while the jobs are queued or running keeps them all.
+    again = subprocess.run(
+        [*submit, "--resume"], env=failing, cwd=PROJECT, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("0 job(s) submitted"), again.stdout
+    assert read_record(run)["jobs"] == first["jobs"]
     states = wait_for_run(run)
     evaluate = {t for t in first["order"] if t.startswith("evaluate:")}
     held = downstream(first, evaluate)
