@@ -53,12 +53,13 @@ from fmnist.data import CLASS_NAMES, to_model_input
 from fmnist.io import FmnistError, RunLayout, atomic_path, sha256_file, write_json_atomic
 
 MARKER_FORMAT = "fmnist-score-shard/1"
-# Torque, PBS Pro, Slurm, then the local executor's stand-in for array elements.
+# The local executor's index for the array element it starts (most specific), then
+# Torque, PBS Pro and Slurm.
 ARRAY_INDEX_VARIABLES = (
+    "FMNIST_ARRAY_INDEX",
     "PBS_ARRAYID",
     "PBS_ARRAY_INDEX",
     "SLURM_ARRAY_TASK_ID",
-    "FMNIST_ARRAY_INDEX",
 )
 INT8_TOLERANCE = 0.003  # INT8 is the default when within 0.3 accuracy points of f32
 ON_BAD_ROW = ("reject", "fail")
@@ -182,7 +183,8 @@ def array_index(environ: dict | None = None) -> int:
     for name in ARRAY_INDEX_VARIABLES:
         value = environ.get(name, "").strip()
         if value:
-            base = environ.get("FMNIST_ARRAY_BASE", "0")
+            # The local executor always counts from 0; schedulers count as submitted.
+            base = "0" if name == "FMNIST_ARRAY_INDEX" else environ.get("FMNIST_ARRAY_BASE", "0")
             try:
                 return int(value) - int(base)
             except ValueError as exc:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -360,3 +364,68 @@ def test_cli_errors_are_one_line(tmp_path, trained_run, sample_csv):
         assert result.exit_code == 1, result.output
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and message in errors[0], result.output
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def score_argv(source, run, out, *extra):
+    return [
+        sys.executable, "-m", "fmnist", "score", str(source), "--run", str(run),
+        "--model", MODEL, "--variant", "keras-predict", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_mid_shard_leaves_nothing_finished_and_a_rerun_completes(
+    tmp_path, trained_run, dataset_dir
+):
+    source = tmp_path / "input.csv"
+    made = CliRunner().invoke(
+        main, ["data", "to-csv", "--limit", "1000", "--repeat", "2", "--out", str(source)]
+    )
+    assert made.exit_code == 0, made.output
+    out = tmp_path / "out"
+    argv = score_argv(source, trained_run, out, "--shard", "all/2", "--batch-size", "16")
+    argv += ["--block-mb", "1"]
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        # Wait until shard 0 is finished and shard 1 has started writing, then kill.
+        while not (
+            (out / marker_name(0, 2)).exists() and list(out.glob(f".{part_name(1, 2)}.*.tmp"))
+        ):
+            assert process.poll() is None, (tmp_path / "killed.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+    assert not (out / marker_name(1, 2)).exists() and not (out / part_name(1, 2)).exists()
+    with pytest.raises(FmnistError, match="shard 1/2 is not finished"):
+        verify_predictions(out)
+
+    rerun = subprocess.run(argv, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "shard 0/2 skipped" in rerun.stdout and "shard 1/2 scored" in rerun.stdout
+    assert not list(out.glob(".*.tmp"))
+    assert verify_predictions(out).predicted == 2000
+
+    uninterrupted = tmp_path / "uninterrupted"
+    score(trained_run, source, uninterrupted, shards=2, batch_size=16, block_bytes=1 << 20)
+    resumed, expected = read_parts(out, 2), read_parts(uninterrupted, 2)
+    for column in ("row_id", "pred", "pred_name", "label"):
+        assert resumed[column].equals(expected[column]), column
+    np.testing.assert_allclose(resumed["confidence"], expected["confidence"], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_workers_score_shards_in_parallel_processes(tmp_path, trained_run, sample_csv, reference):
+    out = tmp_path / "out"
+    argv = score_argv(sample_csv, trained_run, out, "--shard", "all/3", "--workers", "2")
+    result = subprocess.run(argv, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(" scored: ") == 3
+    pids = {json.loads((out / marker_name(i, 3)).read_text())["pid"] for i in range(3)}
+    assert len(pids) == 2  # two worker processes shared the three shards
+    assert verify_predictions(out).predicted == ROWS
+    check_predictions(read_parts(out, 3), reference, np.arange(ROWS))

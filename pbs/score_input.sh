@@ -1,0 +1,25 @@
+#!/bin/bash
+# Write the CSV the score step reads (Kaggle format, test split; the profile sizes it).
+#
+#   Torque, PBS Pro:  qsub -v FMNIST_RUN=$PWD/outputs/quick,FMNIST_PROFILE=quick pbs/score_input.sh
+#   Slurm:            sbatch --export=ALL,FMNIST_RUN=$PWD/outputs/quick pbs/score_input.sh
+#   no scheduler:     bash pbs/score_input.sh
+#
+# FMNIST_RUN: run directory (default outputs/<profile>); FMNIST_PROFILE: quick|full (default
+# quick); FMNIST_VENV: the project's virtualenv (default .venv).
+# The command's arguments come from the profile in jobs/pipeline.toml (`fmnist-batch step`),
+# so this job does exactly what `fmnist-batch run` does for the same task.
+#PBS -N score-input
+#PBS -l walltime=00:15:00
+#PBS -l nodes=1:ppn=2
+#PBS -j oe
+#SBATCH --job-name=score-input
+#SBATCH --time=00:15:00
+#SBATCH --nodes=1
+# ppn=2 in Slurm's words (sbatch reads the #PBS lines too): two tasks' worth of CPUs.
+#SBATCH --ntasks=2
+#SBATCH --output=%x.o%j
+set -e
+cd "${PBS_O_WORKDIR:-${SLURM_SUBMIT_DIR:-.}}"
+source "${FMNIST_VENV:-.venv}/bin/activate"
+exec fmnist-batch step score-input

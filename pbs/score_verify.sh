@@ -1,0 +1,27 @@
+#!/bin/bash
+# Check that every shard of the score step finished and every input row is predicted or
+# rejected, then merge the parts into RUN/predictions/test/<model>.parquet.
+#
+#   Torque, PBS Pro:  qsub -v FMNIST_RUN=$PWD/outputs/quick,FMNIST_PROFILE=quick pbs/score_verify.sh
+#   Slurm:            sbatch --export=ALL,FMNIST_RUN=$PWD/outputs/quick pbs/score_verify.sh
+#   no scheduler:     bash pbs/score_verify.sh
+#
+# FMNIST_RUN: run directory (default outputs/<profile>); FMNIST_PROFILE: quick|full (default
+# quick); FMNIST_VENV: the project's virtualenv (default .venv).
+# FMNIST_MODEL: main|backup1|backup2 (default: every model).
+# The command's arguments come from the profile in jobs/pipeline.toml (`fmnist-batch step`),
+# so this job does exactly what `fmnist-batch run` does for the same task.
+#PBS -N score-verify
+#PBS -l walltime=00:15:00
+#PBS -l nodes=1:ppn=2
+#PBS -j oe
+#SBATCH --job-name=score-verify
+#SBATCH --time=00:15:00
+#SBATCH --nodes=1
+# ppn=2 in Slurm's words (sbatch reads the #PBS lines too): two tasks' worth of CPUs.
+#SBATCH --ntasks=2
+#SBATCH --output=%x.o%j
+set -e
+cd "${PBS_O_WORKDIR:-${SLURM_SUBMIT_DIR:-.}}"
+source "${FMNIST_VENV:-.venv}/bin/activate"
+exec fmnist-batch step score-verify
