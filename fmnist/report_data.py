@@ -272,7 +272,12 @@ def _read_timings(layout: RunLayout, problems: list[str]) -> pd.DataFrame:
     if not frames:
         return normalize_timings(pd.DataFrame({"file": pd.Series(dtype=str)}))
     # Normalise each file before concatenating: two versions may spell one column two ways.
-    return pd.concat([normalize_timings(f) for f in frames], ignore_index=True)
+    frame = pd.concat([normalize_timings(f) for f in frames], ignore_index=True)
+    if "timestamp" in frame.columns:
+        # Lookups take the last matching row: order re-runs by when they were measured.
+        order = frame["timestamp"].map(lambda v: "" if _missing(v) else str(v))
+        frame = frame.iloc[order.argsort(kind="stable")].reset_index(drop=True)
+    return frame
 
 
 def _marker_fields(data: dict[str, Any]) -> dict[str, Any]:

@@ -134,18 +134,21 @@ td.text { white-space: normal; min-width: 120px; }
 th { background: #e8eef6; }
 td.label, th.label { text-align: left; font-weight: 600; background: #f5f7fa; }
 td.text { text-align: left; }
-td.label { white-space: normal; }
+table.results { font-size: 12px; }
+table.results td, table.results th { white-space: normal; padding: 3px 6px; }
+table.results td.label { min-width: 150px; }
+table.results td.text { min-width: 0; }
 td.seed { background: #fff8e1; color: #5d4b00; }
 th.seed { background: #ffe9a8; }
 td.gap { background: #fde8e8; color: #9b1c1c; font-style: italic; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding: 4px 0; }
 .notes { font-size: 12px; color: #444; margin: 2px 0 14px 0; }
 .notes p { margin: 2px 0; }
-figure { margin: 12px 0 20px 0; }
-figure img { max-width: 100%; border: 1px solid #d6dde8; }
+.figures { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
+figure { margin: 12px 0 20px 0; max-width: 100%; }
+figure img { max-width: 100%; max-height: 560px; border: 1px solid #d6dde8; }
 figcaption { font-size: 12px; color: #444; }
 pre { background: #f5f7fa; padding: 8px; font-size: 12px; overflow-x: auto; }
-table.results td:first-child { min-width: 260px; }
 """
 
 
@@ -169,7 +172,14 @@ def to_html(blocks: list[Block], base: Path, title: str) -> str:
         "</head>",
         "<body>",
     ]
+    previous = None
     for block in blocks:
+        # Consecutive figures share a row (wrapping) instead of a page each.
+        if isinstance(previous, Image) and not isinstance(block, Image):
+            out.append("</div>")
+        if isinstance(block, Image) and not isinstance(previous, Image):
+            out.append('<div class="figures">')
+        previous = block
         if isinstance(block, Heading):
             out.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
         elif isinstance(block, Paragraph):
@@ -184,6 +194,8 @@ def to_html(blocks: list[Block], base: Path, title: str) -> str:
             )
         elif isinstance(block, Table):
             out.append(_html_table(block))
+    if isinstance(previous, Image):
+        out.append("</div>")
     out += ["</body>", "</html>"]
     return "\n".join(out) + "\n"
 

@@ -106,11 +106,20 @@ def run_node_types(run: RunData) -> list[str]:
     found = sorted(set(run.timings["node_type"].dropna()))
     if found:
         return found
-    for section in ("job", "environment", "scheduler"):
-        value = (run.manifest.get(section) or {}).get("node_type")
-        if value:
-            return [str(value)]
-    return ["unknown"]
+    # Without timings: the node types the run's jobs recorded in the manifest.
+    jobs = run.manifest.get("jobs") or {}
+    recorded = (
+        sorted(
+            {
+                str(job["node_type"])
+                for job in jobs.values()
+                if isinstance(job, dict) and job.get("node_type")
+            }
+        )
+        if isinstance(jobs, dict)
+        else []
+    )
+    return ["+".join(recorded)] if recorded else ["unknown"]
 
 
 def contexts(runs: list[RunData]) -> list[Context]:
@@ -178,7 +187,7 @@ def _find_timing(
     rows = timings if yardstick else our_timings(timings)
     if yardstick:
         rows = rows[rows["source"].fillna("").str.lower().isin(YARDSTICK_SOURCES)]
-    if run_node_types(run) != ["unknown"]:
+    if timings["node_type"].notna().any():
         rows = rows[rows["node_type"] == node_type]
     if rows.empty:
         return Lookup(None, f"no benchmark on node type {node_type}")
@@ -541,20 +550,23 @@ def throughput_section(
             sizes = throughput_batch_sizes(run, ctx.node_type, model)
             if not sizes:
                 gap = find_timing(run, ctx.node_type, model, BASELINE, "throughput", None).gap
+                keys = [("images_per_second", "images/s", "rate")] + [
+                    (f"speedup_vs_{ref}", f"speedup vs {ref}", "x") for ref in REFERENCES
+                ]
                 for variant in variants:
-                    out.append(
-                        record(
-                            "throughput",
-                            "images_per_second",
-                            "images/s",
-                            "rate",
-                            model=model,
-                            variant=variant,
-                            value=None,
-                            gap=gap or "no throughput measurement",
-                            **where,
+                    for key, label, unit in keys:
+                        out.append(
+                            record(
+                                "throughput",
+                                key,
+                                label,
+                                unit,
+                                model=model,
+                                variant=variant,
+                                gap=gap or "no throughput measurement",
+                                **where,
+                            )
                         )
-                    )
                 continue
             for batch in sizes:
                 references = {
@@ -900,7 +912,7 @@ def environment_table(runs: list[RunData], ctxs: list[Context]) -> pd.DataFrame:
     for ctx in ctxs:
         run = _run(runs, ctx.run)
         timings = run.timings
-        if not timings.empty and run_node_types(run) != ["unknown"]:
+        if not timings.empty and timings["node_type"].notna().any():
             timings = timings[timings["node_type"] == ctx.node_type]
         machines = list((run.manifest.get("machine") or {}).values())
         machine = machines[0] if machines and isinstance(machines[0], dict) else {}
