@@ -99,7 +99,7 @@ class ParsedBlock:
     """The valid rows of a block as arrays, and the rejected ones."""
 
     row_ids: np.ndarray  # int64, ascending
-    pixels: np.ndarray  # uint8 (n, 784)
+    pixels: np.ndarray  # uint8 (n, 784), possibly a transposed view
     labels: np.ndarray | None  # uint8 (n,) when the input has labels
     rejects: list[Reject] = field(default_factory=list)
 
@@ -543,17 +543,20 @@ def _fast(data: bytes | memoryview, rows: int, csv: CsvInput, maybe_hex: bool) -
 
 def _from_table(table: pa.Table, first_row: int, csv: CsvInput) -> ParsedBlock:
     offset = int(csv.has_label)
-    pixels = np.empty((table.num_rows, PIXELS), dtype=np.uint8)
-    start = 0
-    for batch in table.to_batches():
-        stop = start + batch.num_rows
-        for column in range(PIXELS):
-            pixels[start:stop, column] = batch.column(column + offset).to_numpy()
-        start = stop
+    # Stacking whole columns writes memory in order; the (rows, pixels) view of the
+    # result is transposed back batch by batch when images are made (to_model_input).
+    by_column = np.concatenate(
+        [
+            np.stack([batch.column(c + offset).to_numpy() for c in range(PIXELS)])
+            for batch in table.to_batches()
+        ]
+        or [np.empty((PIXELS, 0), np.uint8)],
+        axis=1,
+    )
     labels = table.column(0).to_numpy() if csv.has_label else None
     return ParsedBlock(
         row_ids=np.arange(first_row, first_row + table.num_rows, dtype=np.int64),
-        pixels=pixels,
+        pixels=by_column.T,
         labels=labels,
     )
 

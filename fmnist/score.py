@@ -23,12 +23,14 @@ import os
 import resource
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from queue import Full, Queue
 
 import numpy as np
 import pyarrow as pa
@@ -431,12 +433,58 @@ def shard_blocks(csv: CsvInput, index: int, config: ScoreConfig):
 
 def predict_block(engine, parsed: ParsedBlock, batch_size: int) -> np.ndarray:
     """Probabilities (n, 10) for the valid rows of a block, ``batch_size`` at a time."""
-    images = parsed.pixels.reshape(-1, 28, 28)
+    pixels = parsed.pixels
     parts = [
-        engine.predict(to_model_input(images[start : start + batch_size]))
-        for start in range(0, len(images), batch_size)
+        engine.predict(to_model_input(pixels[start : start + batch_size].reshape(-1, 28, 28)))
+        for start in range(0, len(pixels), batch_size)
     ]
     return np.concatenate(parts) if parts else np.empty((0, len(CLASS_NAMES)), np.float32)
+
+
+_DONE = object()
+
+
+def prefetched(items: Iterator, depth: int = 1) -> Iterator:
+    """Yield from ``items``, computed in a background thread up to ``depth`` items ahead.
+
+    pyarrow's parser and the engines release the GIL, so the next block is parsed
+    while this one is scored. An exception in the thread is raised here; stopping
+    early stops the thread.
+    """
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(entry, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((None, exc))
+
+    thread = threading.Thread(target=produce, name="csv-parser", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = queue.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _bad_row_error(csv: CsvInput, reject: Reject) -> FmnistError:
@@ -566,15 +614,17 @@ def _write_shard(
     ):
         predictions = BufferedWriter(part_tmp, schema, config.row_group_rows)
         rejects = BufferedWriter(rejects_tmp, REJECT_SCHEMA, config.row_group_rows)
-        for block in blocks:
-            parsed = parse_block(block, csv)
+        # Parse in the background: the reader reuses its buffer, so a block is parsed
+        # before the next one is read, and only parsed blocks cross threads.
+        parsed_blocks = prefetched((block.rows, parse_block(block, csv)) for block in blocks)
+        for block_rows, parsed in parsed_blocks:
             if parsed.rejects and config.on_bad_row == "fail":
                 raise _bad_row_error(csv, parsed.rejects[0])
             probs = predict_block(engine, parsed, config.batch_size)
             predictions.add(predictions_table(schema, parsed.row_ids, probs, parsed.labels))
             if parsed.rejects:
                 rejects.add(rejects_table(parsed.rejects))
-            rows_read += block.rows
+            rows_read += block_rows
             if time.perf_counter() - last_report >= 5:
                 last_report = time.perf_counter()
                 progress(

@@ -29,6 +29,7 @@ from fmnist.score import (
     marker_name,
     parse_shard_option,
     part_name,
+    prefetched,
     rejects_name,
     score_shards,
 )
@@ -429,3 +430,41 @@ def test_workers_score_shards_in_parallel_processes(tmp_path, trained_run, sampl
     assert len(pids) == 2  # two worker processes shared the three shards
     assert verify_predictions(out).predicted == ROWS
     check_predictions(read_parts(out, 3), reference, np.arange(ROWS))
+
+
+def test_prefetched_keeps_order_raises_errors_and_stops_early():
+    assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise FmnistError("broken input at row 7")
+
+    got = []
+    with pytest.raises(FmnistError, match="row 7"):
+        for item in prefetched(failing()):
+            got.append(item)
+    assert got == [1]
+    produced = []
+
+    def endless():
+        for i in range(10**9):
+            produced.append(i)
+            yield i
+
+    stream = prefetched(endless())
+    assert next(stream) == 0
+    stream.close()  # joins the thread: it must notice and stop
+    assert len(produced) < 5
+
+
+def test_a_truncated_gzip_fails_midway_and_leaves_nothing(tmp_path, trained_run, dataset_dir):
+    source = tmp_path / "big.csv.gz"
+    made = CliRunner().invoke(main, ["data", "to-csv", "--limit", "2500", "--out", str(source)])
+    assert made.exit_code == 0, made.output
+    data = source.read_bytes()
+    source.write_bytes(data[: len(data) - 2000])
+    out = tmp_path / "out"
+    with pytest.raises(FmnistError, match="corrupt or truncated gzip data after row"):
+        score(trained_run, source, out)
+    assert not list(out.glob("*.parquet")) and not list(out.glob("*.json"))
+    assert not list(out.glob(".*.tmp"))
