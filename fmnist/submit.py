@@ -35,6 +35,7 @@ from fmnist.scheduler import (
     ACTIVE,
     BLOCKED,
     COMPLETED,
+    FINISHED,
     UNKNOWN,
     Dependency,
     JobState,
@@ -241,9 +242,13 @@ def submit_jobs(
         old = old_jobs.get(task.id)
         state = states.get(old["job_id"]) if old else None
         needs_resubmitted = any(result.actions.get(n) == "submitted" for n in task.needs)
-        if task.complete():
+        # A step that declares no outputs (it skips finished work itself) is complete
+        # when its last job ended well.
+        ended_well = bool(state) and state.state in (COMPLETED, FINISHED)
+        if task.complete() or (not task.outputs and ended_well):
             result.actions[task.id] = "complete"
-            progress(f"[complete]  {task.id} (outputs on disk)")
+            why = "outputs on disk" if task.outputs else f"job {old['job_id']} completed"
+            progress(f"[complete]  {task.id} ({why})")
             continue
         if state and state.state in ACTIVE and not needs_resubmitted:
             result.actions[task.id] = "kept"
@@ -345,7 +350,8 @@ def task_statuses(run: Path | str, states: dict[str, JobState], record: dict) ->
         outputs = [run / o for o in job.get("outputs", [])]
         present = sum(path.exists() for path in outputs)
         scheduler_state = states.get(job["job_id"], JobState(UNKNOWN, "not known to the scheduler"))
-        complete = bool(outputs) and present == len(outputs)
+        ended_well = scheduler_state.state in (COMPLETED, FINISHED)
+        complete = present == len(outputs) if outputs else ended_well
         if complete and scheduler_state.state not in ACTIVE:
             state = "done"
         elif scheduler_state.state == COMPLETED and not complete:

@@ -440,18 +440,24 @@ def test_status_combines_scheduler_and_disk(tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "m.keras").write_text("x")
     record = {
-        "order": ["train", "evaluate", "report"],
+        "order": ["train", "evaluate", "score", "report"],
         "jobs": {
             "report": {"job_id": "3", "outputs": ["report/report.html"]},
             "train": {"job_id": "1", "outputs": ["models/m.keras"]},
             "evaluate": {"job_id": "2", "outputs": ["metrics/m.parquet"]},
+            "score": {"job_id": "4", "outputs": []},  # no outputs declared: the job decides
         },
     }
-    states = {"1": JobState(FINISHED, "C"), "2": JobState(FAILED, "FAILED")}
+    states = {
+        "1": JobState(FINISHED, "C"),
+        "2": JobState(FAILED, "FAILED"),
+        "4": JobState(COMPLETED, "COMPLETED"),
+    }
     statuses = task_statuses(tmp_path, states, record)
     assert [(s.task_id, s.state) for s in statuses] == [
         ("train", "done"),
         ("evaluate", FAILED),
+        ("score", "done"),
         ("report", "unknown"),
     ]
     assert (statuses[0].outputs_present, statuses[0].outputs_total) == (1, 1)

@@ -75,6 +75,8 @@ def tiny_spec(directory: Path) -> Path:
         quick["variants"] = quick["variants"][:1]
     args = quick.setdefault("args", {})
     args.update(train="--epochs 1 --limit 300", evaluate="--limit {eval_limit}")
+    if "score-input" in args:
+        args["score-input"] = "--limit 200"
     if "optimize" in args:
         args["optimize"] += " --validation-size 200"
     if "benchmark" in args:
