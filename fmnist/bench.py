@@ -488,7 +488,7 @@ def summary_table(frame: pd.DataFrame) -> str:
         f"{'variant':<18}{'precision':<11}{'p50 ms':>10}{'p99 ms':>10}"
         + "".join(f"{f'bs{b} img/s':>13}" for b in batches)
         + "".join(f"{name:>13}" for name in baselines)
-        + f"{'bm_app p50':>12}{'bm_app bs' + str(batches[-1]) if batches else '':>15}"
+        + f"{'bm_app p50':>12}{f'bm_app bs{batches[-1]}' if batches else '':>15}"
     )
     lines = [header]
     for variant in variants:

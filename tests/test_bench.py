@@ -1,0 +1,302 @@
+"""The benchmark: statistics, timings Parquet, workers per oneDNN setting, benchmark_app."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from fmnist.bench import (
+    COLUMNS,
+    BenchConfig,
+    current_job_id,
+    latency_stats,
+    parse_batch_sizes,
+    parse_variants,
+    process_groups,
+    summary_table,
+    time_calls,
+    timings_frame,
+    write_timings,
+)
+from fmnist.cli import main
+from fmnist.io import FmnistError, RunLayout
+from fmnist.jobenv import parse_job_environment
+from fmnist.openvino_engines import cpu_capabilities
+from fmnist.optimize import OptimizeConfig, optimize_model
+from fmnist.yardstick import parse_benchmark_app
+
+BENCHMARK_APP_REPORT = """
+[Step 11/11] Dumping statistics report
+[ INFO ] Execution Devices:['CPU']
+[ INFO ] Count:            6659 iterations
+[ INFO ] Duration:         3019.65 ms
+[ INFO ] Latency:
+[ INFO ]    Median:        98.63 us
+[ INFO ]    Average:       1.41 ms
+[ INFO ]    Min:           77.59 us
+[ INFO ]    Max:           445149.98 us
+[ INFO ] Throughput:   2205.22 FPS
+"""
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+# --------------------------------------------------------------------------- units
+
+
+def test_latency_stats_percentiles_and_rate():
+    seconds = [i / 1000 for i in range(1, 101)]  # 1..100 ms
+    stats = latency_stats(seconds, images_per_call=2)
+    assert stats.iterations == 100
+    assert stats.p50_ms == pytest.approx(50.5) and stats.p99_ms == pytest.approx(99.01)
+    assert stats.p90_ms == pytest.approx(90.1) and stats.mean_ms == pytest.approx(50.5)
+    assert stats.images_per_second == pytest.approx(200 / sum(seconds))
+    # A pipelined stream: the rate comes from the wall time, not the sum of intervals.
+    assert latency_stats([0.01] * 10, 32, total_seconds=0.05).images_per_second == 6400
+    with pytest.raises(FmnistError):
+        latency_stats([], 1)
+
+
+def test_time_calls_warms_up_and_respects_the_budget():
+    calls = []
+    config = BenchConfig("r", "m", iterations=50, warmup=5, max_seconds=0.0, min_iterations=3)
+    times = time_calls(calls.append, [np.zeros(1), np.ones(1)], config)
+    assert len(times) == 3  # budget exhausted: stop at the minimum
+    assert len(calls) == 3 + 3  # warm-up also stops early once past the budget (>= 3 calls)
+    config = BenchConfig("r", "m", iterations=20, warmup=2, max_seconds=60, min_iterations=3)
+    assert len(time_calls(lambda x: None, [np.zeros(1)], config)) == 20
+
+
+def test_parse_benchmark_app_report():
+    figures = parse_benchmark_app(BENCHMARK_APP_REPORT)
+    assert figures == {
+        "iterations": 6659,
+        "median_ms": pytest.approx(0.09863),
+        "mean_ms": pytest.approx(1.41),
+        "images_per_second": pytest.approx(2205.22),
+    }
+    with pytest.raises(FmnistError, match="no median_ms"):
+        parse_benchmark_app("[ INFO ] Count: 3 iterations")
+
+
+def test_option_parsing():
+    assert parse_batch_sizes("1,32, 256") == (1, 32, 256)
+    for bad in ("1,x", "0", ""):
+        with pytest.raises(FmnistError, match="--batch-sizes"):
+            parse_batch_sizes(bad)
+    assert parse_variants("openvino-f32, keras-predict") == ("openvino-f32", "keras-predict")
+    assert len(parse_variants(None)) == 6
+    with pytest.raises(FmnistError, match="unknown variant 'openvino-fp8'"):
+        parse_variants("openvino-fp8")
+
+
+def test_variants_are_grouped_by_process_environment():
+    groups = process_groups(
+        ["keras-predict", "keras-onednn-on", "openvino-f32", "keras-onednn-off", "openvino-int8"]
+    )
+    assert groups == [
+        ({}, ["openvino-f32", "openvino-int8", "keras-predict"]),
+        ({"TF_ENABLE_ONEDNN_OPTS": "1"}, ["keras-onednn-on"]),
+        ({"TF_ENABLE_ONEDNN_OPTS": "0"}, ["keras-onednn-off"]),
+    ]
+
+
+def test_job_id_from_the_scheduler_or_a_unique_local_id():
+    slurm = parse_job_environment({"SLURM_JOB_ID": "4242"}, host="n1", pid=7)
+    assert current_job_id(slurm) == "4242"
+    torque = parse_job_environment({"PBS_JOBID": "77[3].head"}, host="n1", pid=7)
+    assert current_job_id(torque) == "77-3-.head"
+    local = current_job_id(parse_job_environment({}, host="n1", pid=7))
+    assert local.startswith("local-n1-7-") and len(local) > len("local-n1-7-")
+
+
+def _rows():
+    ok = {"source": "fmnist", "status": "ok", "reason": "", "executed_precision": "f32"}
+    return [
+        {**ok, "variant": "keras-predict", "mode": "latency", "batch_size": 1, "p50_ms": 50.0,
+         "p90_ms": 60.0, "p99_ms": 70.0, "mean_ms": 52.0, "images_per_second": 19.2,
+         "iterations": 10, "threads": 2},
+        {**ok, "variant": "openvino-f32", "mode": "latency", "batch_size": 1, "p50_ms": 0.1,
+         "p90_ms": 0.2, "p99_ms": 0.3, "mean_ms": 0.12, "images_per_second": 8000.0,
+         "iterations": 1000, "threads": 2},
+        {**ok, "variant": "openvino-f32", "mode": "throughput", "batch_size": 32,
+         "p50_ms": 3.0, "p90_ms": 3.5, "p99_ms": 4.0, "mean_ms": 3.1,
+         "images_per_second": 10000.0, "iterations": 100, "threads": 2},
+        {"variant": "openvino-bf16", "source": "fmnist", "mode": "latency", "batch_size": 1,
+         "status": "skipped", "reason": "no bf16 here"},
+    ]  # fmt: skip
+
+
+def test_timings_frame_has_the_design_columns_and_types():
+    frame = timings_frame(_rows(), {"run": "/r", "job_id": "j", "model": "backup1"})
+    assert list(frame.columns) == COLUMNS
+    for column in ("node_type", "cpu_model", "avx512f", "avx512_vnni", "avx512_bf16", "amx"):
+        assert column in frame
+    assert frame["p50_ms"].dtype == "float64" and str(frame["batch_size"].dtype) == "Int64"
+    skipped = frame[frame["variant"] == "openvino-bf16"].iloc[0]
+    assert skipped["status"] == "skipped" and np.isnan(skipped["p50_ms"])
+    table = summary_table(frame)
+    assert "500.0x" in table  # openvino-f32 p50 0.1 ms against keras-predict's 50 ms
+    assert "openvino-bf16     skipped: no bf16 here" in table
+
+
+def test_write_timings_keeps_other_models_of_the_same_job(tmp_path):
+    path = tmp_path / "timings" / "job.parquet"
+    write_timings(path, timings_frame(_rows(), {"run": "/r", "job_id": "job", "model": "main"}))
+    write_timings(path, timings_frame(_rows(), {"run": "/r", "job_id": "job", "model": "b"}))
+    again = timings_frame(_rows()[:1], {"run": "/r", "job_id": "job", "model": "b"})
+    frame = write_timings(path, again)
+    assert len(frame) == 4 + 1
+    assert len(pd.read_parquet(path)) == 5
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+# --------------------------------------------------------------------------- oneDNN processes
+
+PROBE = textwrap.dedent(
+    """
+    import json
+    from fmnist.engines import create_engine
+    from fmnist.onednn import onednn_in_effect
+    report = {"in_effect": onednn_in_effect()}
+    try:
+        create_engine(RUN, "backup1", "keras-onednn-on")
+    except Exception as exc:
+        report["on_error"] = f"{type(exc).__name__}: {exc}"
+    engine = create_engine(RUN, "backup1", "keras-onednn-off")
+    report["off_details"] = engine.info.details
+    print(json.dumps(report))
+    """
+)
+
+
+@pytest.mark.slow
+def test_onednn_settings_really_differ_and_the_wrong_one_is_refused(trained_run):
+    def probe(value):
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": value, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        result = subprocess.run(
+            [sys.executable, "-c", PROBE.replace("RUN", repr(str(trained_run)))],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        return result
+
+    off = probe("0")
+    assert off.returncode == 0, off.stderr
+    report = json.loads(off.stdout.strip().splitlines()[-1])
+    assert report["in_effect"] is False
+    assert report["on_error"].startswith("OneDnnSettingError: keras-onednn-on needs ")
+    assert "TF_ENABLE_ONEDNN_OPTS=1 set before TensorFlow is imported" in report["on_error"]
+    assert report["off_details"] == {"onednn": False, "TF_ENABLE_ONEDNN_OPTS": "0"}
+
+    on = probe("1")
+    # With oneDNN on, the off engine is the one refused: the process exits with its error.
+    assert on.returncode == 1 and "keras-onednn-off needs TF_ENABLE_ONEDNN_OPTS=0" in on.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_runs_both_onednn_variants(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "models" / "backup1", run / "models" / "backup1")
+    # One of the two settings differs from this process's TensorFlow: a fresh process.
+    for variant in ("keras-onednn-off", "keras-onednn-on"):
+        result = invoke(
+            "evaluate", "--run", run, "--model", "backup1", "--variant", variant, "--limit", 300
+        )
+        assert result.exit_code == 0, result.output
+        assert f"backup1 ({variant}, executed f32) on 300 test images" in result.output
+        assert pd.read_parquet(RunLayout(run).metrics("backup1", variant))["images"].iloc[0] == 300
+
+
+# --------------------------------------------------------------------------- the real thing
+
+
+@pytest.fixture(scope="module")
+def ir_run(trained_run, tmp_path_factory):
+    """backup1 of the trained run with its f32 and INT8 IRs."""
+    run = tmp_path_factory.mktemp("bench") / "run"
+    shutil.copytree(trained_run / "models" / "backup1", run / "models" / "backup1")
+    config = OptimizeConfig("backup1", int8=True, calibration_size=50, max_drop=1.0, parity_size=8)
+    optimize_model(run, config, progress=lambda m: None)
+    return run
+
+
+@pytest.mark.slow
+def test_benchmark_cli_writes_timings_with_the_yardstick(ir_run, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("PBS_JOBID", raising=False)
+    monkeypatch.setenv("FMNIST_EXECUTOR", "local")
+    monkeypatch.setenv("FMNIST_TASK_ID", "benchmark:backup1:local")
+    variants = "keras-predict,keras-onednn-on,openvino-f32,openvino-bf16,openvino-int8"
+    result = invoke(
+        "benchmark", "--run", ir_run, "--model", "backup1", "--variants", variants,
+        "--batch-sizes", "1,8", "--iterations", 40, "--warmup", 3, "--max-seconds", 0.3,
+        "--min-iterations", 5, "--yardstick", "--yardstick-seconds", 1, "--node-type", "icx",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "x predict" in result.output and "x onednn-on" in result.output
+
+    path = RunLayout(ir_run).timings_dir / "local-benchmark-backup1-local.parquet"
+    frame = pd.read_parquet(path)
+    assert list(frame.columns) == COLUMNS
+    assert set(frame["node_type"]) == {"icx"} and set(frame["job_id"]) == {path.stem}
+    assert (RunLayout(ir_run).timings_dir / "backup1__icx.complete").exists()
+
+    ok = frame[frame["status"] == "ok"]
+    assert (ok["p50_ms"] > 0).all() and (ok["images_per_second"] > 0).all()
+    ours = ok[ok["source"] == "fmnist"]
+    assert (ours["p50_ms"] <= ours["p99_ms"]).all() and (ours["p90_ms"] <= ours["p99_ms"]).all()
+    assert (ours["iterations"] >= 5).all()
+    for variant in ("keras-predict", "keras-onednn-on", "openvino-f32", "openvino-int8"):
+        rows = ours[ours["variant"] == variant]
+        assert sorted(zip(rows["mode"], rows["batch_size"], strict=True)) == [
+            ("latency", 1), ("throughput", 1), ("throughput", 8),
+        ], variant  # fmt: skip
+    assert set(ours.loc[ours["variant"] == "keras-predict", "measure"]) == {"model.predict"}
+    assert (
+        ours.loc[ours["variant"] == "openvino-int8", "executed_precision"]
+        .str.startswith("int8")
+        .all()
+    )
+    onednn = json.loads(ours.loc[ours["variant"] == "keras-onednn-on", "details"].iloc[0])
+    assert onednn["onednn"] is True
+
+    yard = ok[ok["source"] == "benchmark_app"]
+    assert set(yard["variant"]) == {"openvino-f32", "openvino-int8"}
+    assert len(yard) == 6 and (yard["iterations"] > 0).all()
+
+    bf16 = frame[frame["variant"] == "openvino-bf16"]
+    if "BF16" not in cpu_capabilities():
+        assert list(bf16["status"]) == ["skipped"] and "bf16" in bf16["reason"].iloc[0]
+
+
+@pytest.mark.slow
+def test_benchmark_records_a_missing_ir_as_failed_and_exits_non_zero(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "models" / "backup1", run / "models" / "backup1")
+    result = invoke(
+        "benchmark", "--run", run, "--model", "backup1", "--variants", "openvino-f32",
+        "--iterations", 5, "--max-seconds", 0.1,
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "variant(s) failed: openvino-f32" in result.output
+    [path] = RunLayout(run).timings_dir.glob("*.parquet")
+    row = pd.read_parquet(path).iloc[0]
+    assert row["status"] == "failed"
+    assert "openvino/f32/model.xml: OpenVINO IR file not found" in row["reason"]
+    assert not list(RunLayout(run).timings_dir.glob("*.complete"))
+
+    result = invoke("benchmark", "--run", run, "--model", "main", "--iterations", 5)
+    assert result.exit_code == 1 and "main/model.keras: model file not found" in result.output
