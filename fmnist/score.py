@@ -402,8 +402,18 @@ def clean_stale_temporaries(out_dir: Path, index: int, count: int) -> list[Path]
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident memory of this process so far.
+
+    Linux's VmHWM belongs to this program alone; ru_maxrss also keeps the peak of the
+    parent whose memory the process was forked from before it started this program.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 # --------------------------------------------------------------------------- scoring
