@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from fmnist.scheduler import ACTIVE, COMPLETED, query_states
+from fmnist.scheduler import ACTIVE, COMPLETED, cancel_jobs, query_states
 from fmnist.submit import read_record, run_status
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,9 @@ def one_cpu_catalog(directory: Path) -> Path:
 
 
 @pytest.fixture
-def job_env(tmp_path) -> dict:
+def job_env(tmp_path):
+    """The environment jobs are submitted with; afterwards, jobs a failed test left in the
+    queue are cancelled so they cannot hold up the next test."""
     env = {
         **os.environ,
         "FMNIST_PIPELINE": str(tiny_spec(tmp_path)),
@@ -122,7 +124,11 @@ def job_env(tmp_path) -> dict:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name in ("FMNIST_EXECUTOR", "FMNIST_NODE_TYPE", "FMNIST_MODEL", "FMNIST_EVAL_LIMIT"):
         env.pop(name, None)
-    return env
+    yield env
+    for record in tmp_path.rglob("jobs.json"):
+        job_ids = [job["job_id"] for job in json.loads(record.read_text())["jobs"].values()]
+        active = [j for j, state in query_states("slurm", job_ids).items() if state.state in ACTIVE]
+        cancel_jobs("slurm", active)
 
 
 def wait_for_run(run: Path, timeout: float = 420) -> dict[str, str]:
@@ -156,7 +162,9 @@ def test_qsub_trains_main_through_the_scheduler(slurm_cluster, tmp_path, job_env
     job_id = submitted.stdout.strip()
     deadline = time.monotonic() + 300
     while (state := query_states("slurm", [job_id]).get(job_id)) is None or state.state in ACTIVE:
-        assert time.monotonic() < deadline, f"job {job_id} still {state} after 300s"
+        if time.monotonic() > deadline:
+            cancel_jobs("slurm", [job_id])
+            pytest.fail(f"job {job_id} still {state} after 300s")
         time.sleep(2)
     # The wrapper names the logs after the script, stdout and stderr apart.
     log = "".join((tmp_path / f"train_main.sh.{k}{job_id}").read_text() for k in "oe")
