@@ -129,7 +129,7 @@ table { border-collapse: collapse; margin: 10px 0 6px 0; font-size: 13px; }
 th, td { border: 1px solid #c9d3e0; padding: 4px 8px; text-align: right;
          vertical-align: top; }
 td { white-space: nowrap; }
-td.text { white-space: normal; min-width: 120px; }
+td.text { white-space: normal; }
 .scroll { overflow-x: auto; max-width: 100%; }
 th { background: #e8eef6; }
 td.label, th.label { text-align: left; font-weight: 600; background: #f5f7fa; }
@@ -137,7 +137,6 @@ td.text { text-align: left; }
 table.results { font-size: 12px; }
 table.results td, table.results th { white-space: normal; padding: 3px 6px; }
 table.results td.label { min-width: 150px; }
-table.results td.text { min-width: 0; }
 td.seed { background: #fff8e1; color: #5d4b00; }
 th.seed { background: #ffe9a8; }
 td.gap { background: #fde8e8; color: #9b1c1c; font-style: italic; }
