@@ -23,10 +23,10 @@ from fmnist.cli import main
 from fmnist.engines import VARIANTS
 from fmnist.io import RunLayout, write_parquet_atomic
 from fmnist.report import build_report
-from fmnist.report_data import normalize_timings, read_run
-from fmnist.report_document import format_value
-from fmnist.report_render import Cell, Table, gap_footnotes, to_markdown
-from fmnist.seed_reference import SEED_RESULTS
+from fmnist.report.document import format_value
+from fmnist.report.render import Cell, Table, gap_footnotes, to_markdown
+from fmnist.report.runs import normalize_timings, read_run
+from fmnist.report.seed_reference import SEED_RESULTS
 
 MODELS = ("main", "backup1", "backup2")
 BENCH = ["--iterations", "30", "--warmup", "3", "--max-seconds", "0.5", "--min-iterations", "5"]

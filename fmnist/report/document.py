@@ -1,4 +1,4 @@
-"""Lay out the merged tables and figures as a report document (see ``report_render``).
+"""Lay out the merged tables and figures as a report document (see ``render``).
 
 Pure: takes ``ReportTables`` and the list of drawn figures, returns blocks. All number
 formatting lives here (``format_value``), so the tests can format a Parquet value the
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fmnist.report_figures import Figure
-from fmnist.report_render import Block, Cell, Heading, Image, Paragraph, Table
-from fmnist.report_tables import BASELINE, ONEDNN_ON, SEED_COLUMN, ReportTables
-from fmnist.seed_reference import SEED_RESULTS, SOURCE
+from fmnist.report.figures import Figure
+from fmnist.report.render import Block, Cell, Heading, Image, Paragraph, Table
+from fmnist.report.seed_reference import SEED_RESULTS, SOURCE
+from fmnist.report.tables import BASELINE, ONEDNN_ON, SEED_COLUMN, ReportTables
 
 TITLE = "fmnist-batch comparison report"
 

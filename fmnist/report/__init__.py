@@ -1,9 +1,9 @@
 """The comparison report: read runs, merge, draw, write Markdown, HTML and CSV.
 
-``build_report`` is the one entry point. The work is split by kind:
-``report_data`` reads run directories, ``report_tables`` merges them (pure pandas),
-``report_figures`` draws PNGs, ``report_document`` lays out the page and
-``report_render`` writes it as Markdown and self-contained HTML.
+``build_report`` is the one entry point. The work is split by kind: ``runs`` reads run
+directories; ``lookup``, ``tables`` and ``speed`` merge them into records (pure pandas);
+``figures`` draws PNGs; ``document`` lays out the page and ``render`` writes it as
+Markdown and self-contained HTML. ``seed_reference`` holds the seed report's own figures.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fmnist.io import FmnistError, RunLayout, atomic_path, write_text_atomic
-from fmnist.report_data import read_runs
-from fmnist.report_document import TITLE, build_document
-from fmnist.report_figures import draw_figures
-from fmnist.report_render import Table, gap_footnotes, to_html, to_markdown
-from fmnist.report_tables import ReportTables, build_tables
+from fmnist.report.document import TITLE, build_document
+from fmnist.report.figures import draw_figures
+from fmnist.report.render import Table, gap_footnotes, to_html, to_markdown
+from fmnist.report.runs import read_runs
+from fmnist.report.tables import ReportTables, build_tables
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from fmnist.data import CLASS_NAMES
 from fmnist.engines import VARIANTS
 from fmnist.io import atomic_path
 from fmnist.plots import _pyplot, _save, plot_confusion_matrix, plot_training_curves
-from fmnist.report_data import RunData
-from fmnist.report_tables import BASELINE, Context, ReportTables
+from fmnist.report.runs import RunData
+from fmnist.report.tables import BASELINE, Context, ReportTables
 
 HISTORY_NEEDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 
