@@ -60,7 +60,8 @@ def runs(trained_run, tmp_path_factory) -> dict[str, Path]:
     invoke("benchmark", "--run", icx, "--model", "backup1", "--variants", variants,
            "--batch-sizes", "1,16", "--node-type", "icx", *BENCH)
     invoke("benchmark", "--run", spr, "--model", "backup1", "--variants", "openvino-f32",
-           "--batch-sizes", "1,16", "--node-type", "spr", *BENCH)
+           "--batch-sizes", "1,16", "--node-type", "spr", "--yardstick",
+           "--yardstick-seconds", "1", *BENCH)
     csv = root / "images.csv"
     invoke("data", "to-csv", "--split", "test", "--limit", "200", "--out", csv)
     invoke("score", csv, "--run", icx, "--model", "backup1", "--variant", "openvino-f32",
@@ -306,6 +307,15 @@ def test_two_node_types_side_by_side(runs, pair_report):
     assert "p50 · icx" in markdown and "p50 · spr" in markdown
     environment = markdown.split("## Environment", 1)[1]
     assert "| **icx** | icx | icx |" in environment and "| **spr** | spr | spr |" in environment
+    # spr also ran OpenVINO's benchmark_app on the same IR: both figures and their ratio
+    frame = timings(runs["spr"])
+    yard = frame[(frame["source"] == "benchmark_app") & (frame["mode"] == "latency")].iloc[0]
+    mine = ours(frame, "openvino-f32", "latency", 1)
+    line = next(li for li in markdown.split("## Yardstick", 1)[1].splitlines()
+                if li.startswith("| **spr** | **backup1** | **openvino-f32** | latency |"))
+    assert format_value(mine["p50_ms"], "ms") in line
+    assert format_value(yard["p50_ms"], "ms") in line
+    assert format_value(mine["p50_ms"] / yard["p50_ms"], "x") in line
     assert {p.name for p in pair_report.figures} >= {
         "latency__icx.png", "latency__spr.png", "throughput__icx.png", "throughput__spr.png"}
 

@@ -8,14 +8,13 @@ Markdown and self-contained HTML. ``seed_reference`` holds the seed report's own
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from fmnist.io import FmnistError, RunLayout, atomic_path, write_text_atomic
 from fmnist.report.document import TITLE, build_document
-from fmnist.report.figures import draw_figures
+from fmnist.report.figures import FIGURE_KINDS, draw_figures
 from fmnist.report.render import Table, gap_footnotes, to_html, to_markdown
 from fmnist.report.runs import read_runs
 from fmnist.report.tables import ReportTables, build_tables
@@ -40,6 +39,14 @@ def default_out(runs: list[Path | str]) -> Path:
     return RunLayout(Path(runs[0])).report_dir
 
 
+def _remove_stale_figures(directory: Path, keep: set[Path]) -> None:
+    # An earlier report into the same directory may have drawn runs no longer included.
+    # Only the report's own file names are touched: --out may hold other files.
+    for path in sorted(directory.glob("*__*.png")):
+        if path.name.startswith(FIGURE_KINDS) and path not in keep:
+            path.unlink()
+
+
 def build_report(
     runs: list[Path | str],
     out: Path | str | None = None,
@@ -56,11 +63,8 @@ def build_report(
         f"merged {len(tables.models)} models x {len(tables.variants)} variants "
         f"on {len(tables.contexts)} node type(s)"
     )
-    # Figures of an earlier report may name runs no longer included: start clean.
-    figures_dir = out / "figures"
-    if figures_dir.exists():
-        shutil.rmtree(figures_dir)
     figures = draw_figures(tables, out)
+    _remove_stale_figures(out / "figures", {out / f.path for f in figures})
     progress(f"drew {len(figures)} figures")
     blocks = build_document(tables, figures)
     markdown_path, html_path, csv_path = (

@@ -22,6 +22,8 @@ from fmnist.report.runs import RunData
 from fmnist.report.tables import BASELINE, Context, ReportTables
 
 HISTORY_NEEDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+# File names of the report's figures start with their kind: "curves__run__main.png".
+FIGURE_KINDS = ("curves__", "confusion__", "latency__", "throughput__")
 
 
 @dataclass(frozen=True)
