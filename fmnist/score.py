@@ -338,7 +338,7 @@ class BufferedWriter:
 
     def flush(self) -> None:
         if self.pending:
-            table = pa.concat_tables(self.pending).combine_chunks()
+            table = pa.concat_tables(self.pending)  # chunks are fine: no copy
             self.writer.write_table(table, row_group_size=max(table.num_rows, 1))
             self.pending, self.pending_rows = [], 0
 
@@ -550,43 +550,47 @@ def score_shard(
         blocks, cut = shard_blocks(csv, index, config)
         counts = _write_shard(config, csv, engine, schema, blocks, index, count, progress)
         seconds = time.perf_counter() - started
-        rows_read, predicted, rejected = counts
         marker = {
+            **metadata,
+            **success_record(config, index, counts, seconds),
+            **cut,
             "format": MARKER_FORMAT,
-            "shard": index,
-            "shards": count,
-            "input": str(csv.path.resolve()),
-            "input_fingerprint": fingerprint,
             "input_bytes": csv.size,
             "compressed": csv.compressed,
             "has_header": csv.has_header,
             "has_label": csv.has_label,
             "probabilities": config.probabilities,
-            **cut,
-            "rows_read": rows_read,
-            "predicted": predicted,
-            "rejected": rejected,
-            "model": config.model,
-            "variant": config.variant,
-            "executed_precision": engine.info.executed_precision,
-            "model_sha256": sha,
-            "part": part_name(index, count),
-            "part_sha256": sha256_file(part),
-            "rejects": rejects_name(index, count),
-            "rejects_sha256": sha256_file(out_dir / rejects_name(index, count)),
-            "seconds": round(seconds, 3),
-            "rows_per_second": round(rows_read / seconds, 1) if seconds > 0 else 0.0,
-            "peak_rss_bytes": peak_rss_bytes(),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_json_atomic(out_dir / marker_name(index, count), marker)
     progress(
-        f"{label}: {rows_read:,} rows, {predicted:,} predicted, {rejected:,} rejected "
-        f"in {seconds:.1f}s ({marker['rows_per_second']:,.0f} rows/s) -> {part}"
+        f"{label}: {marker['rows_read']:,} rows, {marker['predicted']:,} predicted, "
+        f"{marker['rejected']:,} rejected in {seconds:.1f}s "
+        f"({marker['rows_per_second']:,.0f} rows/s) -> {part}"
     )
     return _result(marker, "scored", part)
+
+
+def success_record(
+    config: ScoreConfig, index: int, counts: tuple[int, int, int], seconds: float
+) -> dict:
+    """The marker's counts, file checksums, timing and where it ran."""
+    rows_read, predicted, rejected = counts
+    out_dir, count = config.out_dir, config.shards
+    return {
+        "rows_read": rows_read,
+        "predicted": predicted,
+        "rejected": rejected,
+        "part": part_name(index, count),
+        "part_sha256": sha256_file(out_dir / part_name(index, count)),
+        "rejects": rejects_name(index, count),
+        "rejects_sha256": sha256_file(out_dir / rejects_name(index, count)),
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(rows_read / seconds, 1) if seconds > 0 else 0.0,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def _result(marker: dict, status: str, part: Path) -> ShardResult:

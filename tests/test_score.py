@@ -22,6 +22,7 @@ from fmnist.data import CLASS_NAMES, CSV_HEADER, to_model_input
 from fmnist.engines import create_engine
 from fmnist.io import FmnistError, RunLayout, write_parquet_atomic
 from fmnist.score import (
+    BufferedWriter,
     ScoreConfig,
     array_index,
     default_out_dir,
@@ -468,3 +469,15 @@ def test_a_truncated_gzip_fails_midway_and_leaves_nothing(tmp_path, trained_run,
         score(trained_run, source, out)
     assert not list(out.glob("*.parquet")) and not list(out.glob("*.json"))
     assert not list(out.glob(".*.tmp"))
+
+
+def test_buffered_writer_writes_large_row_groups(tmp_path):
+    schema = pa.schema([("row_id", pa.int64())])
+    writer = BufferedWriter(tmp_path / "t.parquet", schema, row_group_rows=100)
+    for start in range(0, 350, 70):
+        writer.add(pa.table({"row_id": np.arange(start, start + 70)}, schema=schema))
+    writer.close()
+    metadata = pq.ParquetFile(tmp_path / "t.parquet").metadata
+    sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+    assert sizes == [140, 140, 70] and writer.rows == 350
+    assert np.array_equal(pq.read_table(tmp_path / "t.parquet")["row_id"], np.arange(350))
