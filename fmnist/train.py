@@ -128,7 +128,7 @@ def _augmented_dataset(images, targets, batch_size: int, seed: int):
     augment = keras.Sequential(
         [
             keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomTranslation(0.1, 0.1, seed=seed),
+            keras.layers.RandomTranslation(0.05, 0.05, seed=seed),
         ]
     )
     dataset = tf.data.Dataset.from_tensor_slices((images, targets))
@@ -212,7 +212,11 @@ def _load_checkpoint(checkpoint: Path, config: TrainConfig) -> tuple[dict | None
     if not state_path.exists() or not (checkpoint / "last.keras").exists():
         return None, None
     saved_config = json.loads((checkpoint / "config.json").read_text())
-    if saved_config != json.loads(json.dumps(asdict(config))):
+    # Only the epoch budget may change on resume: extend a run, or stop it early and
+    # keep what it learned by resuming with --epochs set to the epochs already done.
+    current = json.loads(json.dumps(asdict(config)))
+    saved_config["epochs"] = current["epochs"]
+    if saved_config != current:
         raise FmnistError(
             f"{checkpoint}: an interrupted run with a different configuration is here; "
             "use another --out or delete the checkpoint directory"
@@ -270,7 +274,7 @@ def train_model(
     if start_epoch < config.epochs:
         if config.uses_augmentation():
             train_data = _augmented_dataset(x_train, y_train, config.batch_size, config.seed)
-            fit_args = {"x": train_data}
+            fit_args = {"x": train_data, "shuffle": False}  # the dataset shuffles itself
         else:
             fit_args = {
                 "x": x_train,

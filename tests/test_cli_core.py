@@ -144,6 +144,11 @@ def test_killed_training_resumes_from_its_last_finished_epoch(tmp_path):
     finished = json.loads(state.read_text())["epoch"]
     assert finished < 3 and not RunLayout(run).keras_model("backup1").exists()
 
+    changed = subprocess.run(
+        [*args, "--batch-size", "32"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert changed.returncode == 1 and "different configuration" in changed.stderr
+
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"resuming backup1 after epoch {finished}/3" in result.stderr
