@@ -348,7 +348,7 @@ def classification_section(runs: list[RunData], models: list[str]) -> list[dict]
     return out
 
 
-def scoring_section(runs: list[RunData]) -> list[dict]:
+def scoring_section(runs: list[RunData], models: list[str]) -> list[dict]:
     """Rows scored and rejected and rows per second, per run, input and model."""
     out = []
     for run in runs:
@@ -366,7 +366,10 @@ def scoring_section(runs: list[RunData]) -> list[dict]:
                 )
             )
             continue
-        for (input_name, model), parts in scoring.groupby(["input", "model"], sort=True):
+        groups = dict(list(scoring.groupby(["input", "model"], sort=True)))
+        order = {m: i for i, m in enumerate(models)}
+        for input_name, model in sorted(groups, key=lambda k: (k[0], order.get(k[1], 99), k[1])):
+            parts = groups[(input_name, model)]
             where = {"run": run.label, "context": run.label, "model": model, "item": input_name}
             expected = int(parts["part_total"].max())
             finished = parts[parts["has_marker"]]
@@ -539,7 +542,7 @@ def build_tables(runs: list[RunData]) -> ReportTables:
         *latency_section(runs, ctxs, models, variants),
         *throughput_section(runs, ctxs, models, variants),
         *yardstick_section(runs, ctxs, models),
-        *scoring_section(runs),
+        *scoring_section(runs, models),
         *classification_section(runs, models),
     ]
     frame = pd.DataFrame(records, columns=RECORD_COLUMNS)
