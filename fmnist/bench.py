@@ -7,7 +7,7 @@ what actually ran: executed precision, threads, CPU, ISA flags, library versions
 
 Latency: batch 1, warm-up, then per-call wall time (p50/p90/p99/mean). Throughput:
 a stream of batches of each size, images per second over the whole stream; its
-percentiles are of the interval between consecutive batch completions. The
+percentiles are of each batch's time from hand-over to result. The
 ``keras-predict`` variant is timed the seed's way: ``model.predict`` on one image.
 """
 
@@ -155,10 +155,15 @@ def time_stream(
     config: BenchConfig,
     warmup_batches: int = 4,
 ) -> tuple[list[float], float]:
-    """Intervals between consecutive batch completions and the stream's total time."""
+    """Each batch's time from hand-over to result, and the whole stream's wall time.
+
+    Results come back in order; with a pipelined engine a batch's time includes
+    waiting for a free infer request, as a client feeding the stream would see it.
+    """
     for _ in predict_many(batches[i % len(batches)] for i in range(warmup_batches)):
         pass
     clock = time.perf_counter
+    submitted: list[float] = []
     with _no_gc():
         deadline = clock() + config.max_seconds
 
@@ -166,31 +171,60 @@ def time_stream(
             for i in range(config.iterations):
                 if i >= config.min_iterations and clock() > deadline:
                     return
+                submitted.append(clock())
                 yield batches[i % len(batches)]
 
-        intervals: list[float] = []
-        start = last = clock()
-        for _ in predict_many(feed()):
-            now = clock()
-            intervals.append(now - last)
-            last = now
-    return intervals, last - start
+        latencies: list[float] = []
+        start = end = clock()
+        for index, _ in enumerate(predict_many(feed())):
+            end = clock()
+            latencies.append(end - submitted[index])
+    return latencies, end - start
 
 
 # --------------------------------------------------------------------------- one variant
 
 
-def _stream_function(engine) -> Callable[[Iterable[np.ndarray]], Iterable[np.ndarray]]:
+def stream_function(
+    engine, seed_way: bool = False
+) -> Callable[[Iterable[np.ndarray]], Iterable[np.ndarray]]:
+    """The engine's way to run a stream of batches (pipelined where the engine can)."""
+    if seed_way:
+        predict = seed_predict(engine)
+        return lambda batches: (predict(batch) for batch in batches)
     if hasattr(engine, "predict_many"):
         return engine.predict_many
     return lambda batches: (engine.predict(batch) for batch in batches)
 
 
-def _seed_predict(engine) -> Callable[[np.ndarray], np.ndarray]:
-    # The seed's measure: Keras' full model.predict per call (batch_size set so a
-    # large batch is one call, as in our other variants).
+def seed_predict(engine) -> Callable[[np.ndarray], np.ndarray]:
+    """The seed's measure: Keras' full ``model.predict`` per call, a batch in one call."""
     model = engine.model
     return lambda batch: model.predict(batch, batch_size=len(batch), verbose=0)
+
+
+def measure_latency(
+    call: Callable[[np.ndarray], object], images: np.ndarray, config: BenchConfig
+) -> LatencyStats:
+    """Batch-1 latency of ``call``, cycling over (up to) 64 real single images."""
+    singles = [images[i : i + 1].copy() for i in range(min(64, len(images)))]
+    return latency_stats(time_calls(call, singles, config), 1)
+
+
+def measure_throughput(
+    stream: Callable[[Iterable[np.ndarray]], Iterable[np.ndarray]],
+    images: np.ndarray,
+    batch_size: int,
+    config: BenchConfig,
+) -> LatencyStats:
+    """Images per second of a stream of ``batch_size`` batches (at least 4 distinct ones)."""
+    pool = np.resize(images, (max(4 * batch_size, len(images)), *images.shape[1:]))
+    batches = [
+        np.ascontiguousarray(pool[i : i + batch_size])
+        for i in range(0, len(pool) - batch_size + 1, batch_size)
+    ]
+    latencies, total = time_stream(stream, batches, config)
+    return latency_stats(latencies, batch_size, total)
 
 
 def _row(variant: str, engine, measure: str, mode: str, batch: int, stats: LatencyStats) -> dict:
@@ -237,9 +271,9 @@ def measure_variant(
         engine = create_engine(config.run, config.model, variant, "latency")
         seed_way = variant == "keras-predict"
         measure = "model.predict" if seed_way else "engine.predict"
-        call = _seed_predict(engine) if seed_way else engine.predict
-        singles = [images[i : i + 1].copy() for i in range(min(64, len(images)))]
-        stats = latency_stats(time_calls(call, singles, config), 1)
+        stats = measure_latency(
+            seed_predict(engine) if seed_way else engine.predict, images, config
+        )
         rows = [_row(variant, engine, measure, "latency", 1, stats)]
         progress(
             f"[benchmark] {label}: latency p50 {stats.p50_ms:.3f} ms, p99 {stats.p99_ms:.3f} ms "
@@ -249,18 +283,9 @@ def measure_variant(
             engine = create_engine(config.run, config.model, variant, "throughput")
         parts = []
         for batch_size in config.batch_sizes:
-            pool = np.resize(images, (max(4 * batch_size, len(images)), *images.shape[1:]))
-            batches = [
-                np.ascontiguousarray(pool[i : i + batch_size])
-                for i in range(0, len(pool) - batch_size + 1, batch_size)
-            ]
-            if seed_way:
-                predict = _seed_predict(engine)
-                stream = lambda bs, predict=predict: (predict(b) for b in bs)  # noqa: E731
-            else:
-                stream = _stream_function(engine)
-            intervals, total = time_stream(stream, batches, config)
-            stats = latency_stats(intervals, batch_size, total)
+            stats = measure_throughput(
+                stream_function(engine, seed_way), images, batch_size, config
+            )
             rows.append(_row(variant, engine, measure, "throughput", batch_size, stats))
             parts.append(f"bs{batch_size} {stats.images_per_second:,.0f}")
         progress(f"[benchmark] {label}: throughput img/s " + ", ".join(parts))
