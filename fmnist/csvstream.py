@@ -543,16 +543,15 @@ def _fast(data: bytes | memoryview, rows: int, csv: CsvInput, maybe_hex: bool) -
 
 def _from_table(table: pa.Table, first_row: int, csv: CsvInput) -> ParsedBlock:
     offset = int(csv.has_label)
-    # Stacking whole columns writes memory in order; the (rows, pixels) view of the
-    # result is transposed back batch by batch when images are made (to_model_input).
-    by_column = np.concatenate(
-        [
-            np.stack([batch.column(c + offset).to_numpy() for c in range(PIXELS)])
-            for batch in table.to_batches()
-        ]
-        or [np.empty((PIXELS, 0), np.uint8)],
-        axis=1,
-    )
+    # Column by column into rows of a (pixels, rows) array writes memory in order; its
+    # (rows, pixels) view is transposed back batch by batch when images are made.
+    by_column = np.empty((PIXELS, table.num_rows), dtype=np.uint8)
+    start = 0
+    for batch in table.to_batches():
+        stop = start + batch.num_rows
+        for column in range(PIXELS):
+            by_column[column, start:stop] = batch.column(column + offset).to_numpy()
+        start = stop
     labels = table.column(0).to_numpy() if csv.has_label else None
     return ParsedBlock(
         row_ids=np.arange(first_row, first_row + table.num_rows, dtype=np.int64),
