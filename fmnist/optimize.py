@@ -198,7 +198,21 @@ def _quantize_int8(ov_model, data: QuantizationData, config: OptimizeConfig, pro
         record["method"] = "ptq+accuracy-control"
     record["int8_validation_accuracy"] = int8_accuracy
     record["validation_drop"] = f32_accuracy - int8_accuracy
+    record["layer_precisions"] = layer_precisions(_compile_f32(quantized))
     return quantized, record
+
+
+def layer_precisions(compiled) -> dict[str, str]:
+    """Compute layer -> the precision the CPU plugin runs it in ('int8' or 'f32')."""
+    from fmnist.openvino_engines import COMPUTE_LAYERS
+
+    precisions = {}
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if str(info["layerType"].astype(str)) in COMPUTE_LAYERS:
+            runtime = str(info["runtimePrecision"].astype(str))
+            precisions[op.get_friendly_name()] = "int8" if runtime in ("u8", "i8") else runtime
+    return precisions
 
 
 def optimize_model(

@@ -80,6 +80,8 @@ def test_manifest_records_checksums_and_the_int8_check(optimized_run):
     assert int8["method"] in ("ptq", "ptq+accuracy-control")
     assert int8["calibration_images"] == 100 and int8["validation_images"] == 1000
     assert int8["validation_drop"] <= 0.003 + 1e-9
+    assert "int8" in int8["layer_precisions"].values()
+    assert set(int8["layer_precisions"].values()) <= {"int8", "f32"}
     assert record["f32"]["max_abs_diff_vs_keras"] < 1e-4
     # No temporary directories are left beside the IRs.
     assert sorted(p.name for p in layout.openvino_ir("backup1", "f32").parent.parent.iterdir()) == [
