@@ -497,9 +497,12 @@ def _exact(data: bytes | memoryview, first_row: int, csv: CsvInput) -> ParsedBlo
 
 
 def _read_options(csv: CsvInput, size: int) -> pcsv.ReadOptions:
-    # One block per core: pyarrow parses blocks in parallel, and blocks far smaller
-    # than this cost more per row with 785 columns.
-    block_size = max(1 << 20, -(-size // max(1, pa.cpu_count())) + 1)
+    # pyarrow parses the blocks of a buffer in parallel. The scorer parses the next
+    # buffer while the engine scores this one, so half the cores parse (one block
+    # each) and the engine keeps the rest; more, smaller blocks oversubscribe the
+    # cores and cost more per row with 785 columns.
+    blocks = max(1, pa.cpu_count() // 2)
+    block_size = max(1 << 20, -(-size // blocks) + 1)
     return pcsv.ReadOptions(column_names=csv.columns, block_size=block_size)
 
 

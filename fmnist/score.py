@@ -444,16 +444,19 @@ def shard_blocks(csv: CsvInput, index: int, config: ScoreConfig):
 def predict_block(engine, parsed: ParsedBlock, batch_size: int) -> np.ndarray:
     """Probabilities (n, 10) for the valid rows of a block, ``batch_size`` at a time.
 
-    An engine with ``predict_many`` (OpenVINO) gets all batches of the block at once and
-    keeps its parallel infer requests busy; the list keeps the inputs alive meanwhile.
+    An engine with ``predict_many`` (OpenVINO) gets the block's batches as a stream and
+    keeps its parallel infer requests busy while the next batch is converted.
     """
     pixels = parsed.pixels
-    batches = [
-        to_model_input(pixels[start : start + batch_size].reshape(-1, 28, 28))
-        for start in range(0, len(pixels), batch_size)
-    ]
+    inputs: list[np.ndarray] = []  # the requests read these in place: keep them alive
+
+    def batches() -> Iterator[np.ndarray]:
+        for start in range(0, len(pixels), batch_size):
+            inputs.append(to_model_input(pixels[start : start + batch_size].reshape(-1, 28, 28)))
+            yield inputs[-1]
+
     many = getattr(engine, "predict_many", None)
-    parts = list(many(iter(batches))) if many else [engine.predict(b) for b in batches]
+    parts = list(many(batches())) if many else [engine.predict(b) for b in batches()]
     return np.concatenate(parts) if parts else np.empty((0, len(CLASS_NAMES)), np.float32)
 
 
