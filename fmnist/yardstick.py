@@ -53,14 +53,19 @@ def parse_benchmark_app(text: str) -> dict:
 
 
 def run_benchmark_app(xml: Path, precision: str, mode: str, batch_size: int, seconds: float):
-    """Run benchmark_app on an IR as our engine runs it: same precision, hint and batch."""
+    """Run benchmark_app on an IR as our engine runs it: same precision, hint and batch.
+
+    Like the engine, latency mode at batch 1 fixes the batch dimension (``-shape``);
+    everything else runs the dynamic-batch IR with data of the batch (``-data_shape``).
+    """
+    static = mode == "latency" and batch_size == 1
     command = [
         str(benchmark_app_path()),
         "-m", str(xml),
         "-d", "CPU",
         "-hint", mode,
         "-infer_precision", precision,
-        "-data_shape", f"[{batch_size},28,28,1]",
+        "-shape" if static else "-data_shape", f"[{batch_size},28,28,1]",
         "-t", f"{max(1, round(seconds))}",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
