@@ -77,7 +77,7 @@ def test_manifest_records_checksums_and_the_int8_check(optimized_run):
         assert record[precision]["xml_sha256"] == sha256_file(xml)
         assert record[precision]["bin_sha256"] == sha256_file(xml.with_suffix(".bin"))
     int8 = record["int8"]
-    assert int8["method"] in ("ptq", "ptq+accuracy-control")
+    assert int8["method"] in ("ptq", "ptq+bias-correction", "ptq+accuracy-control")
     assert int8["calibration_images"] == 100 and int8["validation_images"] == 1000
     assert int8["validation_drop"] <= 0.003 + 1e-9
     assert "int8" in int8["layer_precisions"].values()
