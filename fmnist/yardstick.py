@@ -57,8 +57,11 @@ def run_benchmark_app(xml: Path, precision: str, mode: str, batch_size: int, sec
 
     Like the engine, latency mode at batch 1 fixes the batch dimension (``-shape``);
     everything else runs the dynamic-batch IR with data of the batch (``-data_shape``).
+    Latency mode runs one request through the async API, as the engine does (the sync
+    API would run the inference on the calling thread, unpinned: slower for main).
     """
     static = mode == "latency" and batch_size == 1
+    api = ["-api", "async", "-nireq", "1"] if mode == "latency" else []
     command = [
         str(benchmark_app_path()),
         "-m", str(xml),
@@ -67,6 +70,7 @@ def run_benchmark_app(xml: Path, precision: str, mode: str, batch_size: int, sec
         "-infer_precision", precision,
         "-shape" if static else "-data_shape", f"[{batch_size},28,28,1]",
         "-t", f"{max(1, round(seconds))}",
+        *api,
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
