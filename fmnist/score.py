@@ -16,6 +16,7 @@ exactly the unfinished shards.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -25,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -65,6 +67,8 @@ ARRAY_INDEX_VARIABLES = (
 )
 INT8_TOLERANCE = 0.003  # INT8 is the default when within 0.3 accuracy points of f32
 ON_BAD_ROW = ("reject", "fail")
+M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
+PAD_ROWS = 32  # a block's last batch is padded to a multiple of this (see model_batches)
 REJECT_SCHEMA = pa.schema(
     [
         ("row_id", pa.int64()),
@@ -91,7 +95,7 @@ class ScoreConfig:
     batch_size: int = 256
     block_bytes: int = BLOCK_BYTES
     gzip_block_rows: int = GZIP_BLOCK_ROWS  # gzip shards take every N-th block of this many rows
-    row_group_rows: int = 262_144
+    row_group_rows: int = 65_536  # large groups, filled alike by small and large inputs
 
 
 @dataclass(frozen=True)
@@ -401,19 +405,25 @@ def clean_stale_temporaries(out_dir: Path, index: int, count: int) -> list[Path]
     return removed
 
 
+def memory_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM); 0 if none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process so far.
 
     Linux's VmHWM belongs to this program alone; ru_maxrss also keeps the peak of the
     parent whose memory the process was forked from before it started this program.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = memory_bytes("VmHWM")
+    return peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 # --------------------------------------------------------------------------- scoring
@@ -441,22 +451,46 @@ def shard_blocks(csv: CsvInput, index: int, config: ScoreConfig):
     }
 
 
+def model_batches(pixels: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """Model inputs of ``batch_size`` rows, and how many rows of each are real.
+
+    A short last batch is padded with blank images to a multiple of PAD_ROWS: engines
+    keep what they build for each batch size they see (kernels, buffers, traced
+    graphs), and every block's odd remainder would otherwise add one, so memory would
+    grow with the input.
+    """
+    for start in range(0, len(pixels), batch_size):
+        images = to_model_input(pixels[start : start + batch_size].reshape(-1, 28, 28))
+        rows = len(images)
+        padded = -(-rows // PAD_ROWS) * PAD_ROWS
+        if padded != rows:
+            blank = np.zeros((padded - rows, *images.shape[1:]), np.float32)
+            images = np.concatenate([images, blank])
+        yield images, rows
+
+
 def predict_block(engine, parsed: ParsedBlock, batch_size: int) -> np.ndarray:
     """Probabilities (n, 10) for the valid rows of a block, ``batch_size`` at a time.
 
     An engine with ``predict_many`` (OpenVINO) gets the block's batches as a stream and
     keeps its parallel infer requests busy while the next batch is converted.
     """
-    pixels = parsed.pixels
-    inputs: list[np.ndarray] = []  # the requests read these in place: keep them alive
-
-    def batches() -> Iterator[np.ndarray]:
-        for start in range(0, len(pixels), batch_size):
-            inputs.append(to_model_input(pixels[start : start + batch_size].reshape(-1, 28, 28)))
-            yield inputs[-1]
-
+    batches = model_batches(parsed.pixels, batch_size)
     many = getattr(engine, "predict_many", None)
-    parts = list(many(batches())) if many else [engine.predict(b) for b in batches()]
+    if many is None:
+        parts = [engine.predict(images)[:rows] for images, rows in batches]
+    else:
+        in_flight: deque[tuple[np.ndarray, int]] = deque()  # requests read these in place
+
+        def kept_alive() -> Iterator[np.ndarray]:
+            for images, rows in batches:
+                in_flight.append((images, rows))
+                yield images
+
+        parts = []
+        for output in many(kept_alive()):
+            _, rows = in_flight.popleft()  # its result is back: the oldest input is free
+            parts.append(output[:rows])
     return np.concatenate(parts) if parts else np.empty((0, len(CLASS_NAMES)), np.float32)
 
 
@@ -657,7 +691,8 @@ def _write_shard(
             if time.perf_counter() - last_report >= 5:
                 last_report = time.perf_counter()
                 progress(
-                    f"shard {index}/{count}: {rows_read:,} rows read, {rejects.rows:,} rejected"
+                    f"shard {index}/{count}: {rows_read:,} rows read, {rejects.rows:,} "
+                    f"rejected, RSS {memory_bytes('VmRSS') >> 20} MiB"
                 )
         predictions.close()
         rejects.close()
@@ -678,6 +713,26 @@ def _worker_threads(workers: int) -> dict[str, str]:
     }
 
 
+def fix_malloc_mmap_threshold(threshold: int = 1 << 18) -> bool:
+    """Make glibc serve allocations from ``threshold`` bytes up by mmap, for good.
+
+    glibc raises its mmap threshold each time a large block is freed, after which the
+    multi-MB arrays of every block come from per-thread heaps that fragment, and the
+    resident size creeps up with the number of blocks. A fixed threshold keeps memory
+    flat whatever the input size. True when set (glibc), False elsewhere.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
+def _score_in_worker(config: ScoreConfig, index: int) -> ShardResult:
+    fix_malloc_mmap_threshold()
+    return score_shard(config, index)
+
+
 def score_shards(
     config: ScoreConfig,
     indices: list[int],
@@ -689,6 +744,7 @@ def score_shards(
         raise FmnistError(f"--on-bad-row must be one of {', '.join(ON_BAD_ROW)}")
     inspect_csv(config.input)  # one-line errors for a bad input before any work
     if workers <= 1 or len(indices) <= 1:
+        fix_malloc_mmap_threshold()
         return [score_shard(config, index, progress) for index in indices]
     from joblib import Parallel, delayed
 
@@ -697,7 +753,7 @@ def score_shards(
     os.environ.update(extra)  # loky workers start with this environment
     try:
         return Parallel(n_jobs=workers, backend="loky")(
-            delayed(score_shard)(config, index) for index in indices
+            delayed(_score_in_worker)(config, index) for index in indices
         )
     finally:
         for name, value in saved.items():

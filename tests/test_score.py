@@ -28,6 +28,7 @@ from fmnist.score import (
     default_out_dir,
     default_variant,
     marker_name,
+    model_batches,
     parse_shard_option,
     part_name,
     prefetched,
@@ -481,3 +482,12 @@ def test_buffered_writer_writes_large_row_groups(tmp_path):
     sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
     assert sizes == [140, 140, 70] and writer.rows == 350
     assert np.array_equal(pq.read_table(tmp_path / "t.parquet")["row_id"], np.arange(350))
+
+
+def test_model_batches_pad_the_short_last_batch_to_a_few_sizes(dataset):
+    pixels = dataset.test.images[:300].reshape(300, -1)
+    batches = list(model_batches(pixels, 128))
+    assert [(len(images), rows) for images, rows in batches] == [(128, 128), (128, 128), (64, 44)]
+    last, rows = batches[-1]
+    assert np.array_equal(last[:rows], to_model_input(dataset.test.images[256:300]))
+    assert not last[rows:].any()
