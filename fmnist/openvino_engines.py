@@ -219,6 +219,8 @@ class OpenVINOEngine:
             import openvino as ov
 
             self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
+            # Read-only access to each request, wrapped once rather than per batch.
+            self._queue_requests = [self._queue[i] for i in range(self.requests)]
         return self._queue
 
     def predict_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -230,6 +232,7 @@ class OpenVINOEngine:
         import openvino as ov
 
         queue = self._async_queue()
+        requests = self._queue_requests
         # No Python callback: a request that comes back idle still holds the output of
         # the batch it ran, which is read before the request is reused (as benchmark_app
         # does). Completion threads then never need the GIL.
@@ -240,10 +243,10 @@ class OpenVINOEngine:
             request_id = queue.get_idle_request_id()
             if request_id in in_flight:
                 done_index, _ = in_flight.pop(request_id)
-                results[done_index] = queue[request_id].get_output_tensor(0).data.copy()
+                results[done_index] = requests[request_id].get_output_tensor(0).data.copy()
             batch = np.ascontiguousarray(batch, dtype=np.float32)
             # The request reads the batch in place; in_flight keeps the array alive.
-            queue[request_id].set_input_tensor(ov.Tensor(batch, shared_memory=True))
+            requests[request_id].set_input_tensor(ov.Tensor(batch, shared_memory=True))
             queue.start_async()
             in_flight[request_id] = (index, batch)
             while next_out in results:
@@ -251,7 +254,7 @@ class OpenVINOEngine:
                 next_out += 1
         queue.wait_all()
         for request_id, (done_index, _) in in_flight.items():
-            results[done_index] = queue[request_id].get_output_tensor(0).data.copy()
+            results[done_index] = requests[request_id].get_output_tensor(0).data.copy()
         while next_out in results:
             yield results.pop(next_out)
             next_out += 1

@@ -270,6 +270,10 @@ def test_benchmark_cli_writes_timings_with_the_yardstick(ir_run, monkeypatch):
         .str.startswith("int8")
         .all()
     )
+    f32 = ours[(ours["variant"] == "openvino-f32") & (ours["mode"] == "latency")].iloc[0]
+    details = json.loads(f32["details"])
+    assert details["batch_1_static"] is True and details["performance_hint"] == "LATENCY"
+    assert 0 < details["runtime_p50_ms"] <= f32["p50_ms"]  # the runtime's share of a call
     onednn = json.loads(ours.loc[ours["variant"] == "keras-onednn-on", "details"].iloc[0])
     assert onednn["onednn"] is True
 
