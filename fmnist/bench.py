@@ -543,7 +543,9 @@ def summary_table(frame: pd.DataFrame) -> str:
             row = _lookup(frame, variant, "fmnist", "throughput", b)
             cells += f"{row['images_per_second']:>13,.0f}" if row is not None else f"{'-':>13}"
         for base in baselines.values():
-            cells += f"{base / latency['p50_ms']:>12.1f}x" if base else f"{'-':>13}"
+            speedup = base / latency["p50_ms"] if base else None
+            digits = 1 if speedup is None or speedup >= 1 else 2
+            cells += f"{speedup:>12.{digits}f}x" if speedup else f"{'-':>13}"
         yard = _lookup(frame, variant, "benchmark_app", "latency", 1)
         cells += f"{yard['p50_ms']:>12.3f}" if yard is not None else f"{'-':>12}"
         yard_tp = (
