@@ -28,7 +28,7 @@ from fmnist.csvstream import (
     shard_bounds,
 )
 from fmnist.io import FmnistError, atomic_path, sha256_file
-from fmnist.score import (
+from fmnist.shardfiles import (
     MARKER_FORMAT,
     BufferedWriter,
     marker_name,

@@ -22,19 +22,16 @@ from fmnist.data import CLASS_NAMES, CSV_HEADER, to_model_input
 from fmnist.engines import create_engine
 from fmnist.io import FmnistError, RunLayout, write_parquet_atomic
 from fmnist.score import (
-    BufferedWriter,
     ScoreConfig,
     array_index,
     default_out_dir,
     default_variant,
-    marker_name,
     model_batches,
     parse_shard_option,
-    part_name,
     prefetched,
-    rejects_name,
     score_shards,
 )
+from fmnist.shardfiles import BufferedWriter, marker_name, part_name, rejects_name
 from fmnist.verify import merge_parts, verify_predictions
 
 ROWS = 300
