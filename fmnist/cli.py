@@ -215,10 +215,10 @@ run_option = click.option(
 )
 @click.option(
     "--recipe",
-    type=click.Choice(["seed", "tuned"]),
     default="seed",
     show_default=True,
-    help="seed: the report's recipe; tuned: label smoothing + best-epoch restore.",
+    help="seed: the report's recipe; tuned: label smoothing + best-epoch restore; "
+    "tuned-wd: tuned with decoupled weight decay.",
 )
 @click.option(
     "--augment/--no-augment",

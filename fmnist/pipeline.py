@@ -166,7 +166,11 @@ def expand(
                 outputs = tuple(Path(run) / o.format(**scope) for o in step.outputs)
             except KeyError as exc:
                 raise FmnistError(f"step {step.name!r}: no value for placeholder {exc}") from exc
-            extra = profile.args.get(step.name, "").format(**scope)
+            task_id = _task_id(step.name, combo)
+            # Args for one task ("train:backup1") come after the step's, so they win.
+            extra = " ".join(
+                profile.args.get(key, "").format(**scope) for key in (step.name, task_id)
+            )
             needs = []
             for needed in step.needs:
                 for other in by_step[needed]:
@@ -174,7 +178,7 @@ def expand(
                     if all(other.values[k] == combo[k] for k in shared):
                         needs.append(other.id)
             task = Task(
-                id=_task_id(step.name, combo),
+                id=task_id,
                 step=step.name,
                 args=tuple(shlex.split(command) + shlex.split(extra)),
                 outputs=outputs,

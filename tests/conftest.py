@@ -40,3 +40,27 @@ def trained_run(tmp_path_factory, dataset_dir) -> Path:
     for model, limit in (("backup1", 3000), ("backup2", 2000), ("main", 1000)):
         train_model(TrainConfig(model=model, epochs=1, limit=limit), run, progress=lambda m: None)
     return run
+
+
+@pytest.fixture(scope="session")
+def real_csv_factory(tmp_path_factory, dataset_dir):
+    """Write the first ``rows`` real test images as Kaggle CSV with `fmnist-batch data to-csv`.
+
+    Each size is written once per session; the files are read-only for the tests.
+    """
+    from click.testing import CliRunner
+
+    from fmnist.cli import main
+
+    written: dict[int, Path] = {}
+
+    def write(rows: int) -> Path:
+        if rows not in written:
+            path = tmp_path_factory.mktemp("csv") / f"test-{rows}.csv"
+            args = ["data", "to-csv", "--split", "test", "--limit", str(rows), "--out", str(path)]
+            result = CliRunner().invoke(main, args, catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+            written[rows] = path
+        return written[rows]
+
+    return write

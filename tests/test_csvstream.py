@@ -7,9 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from fmnist.cli import main
 from fmnist.csvstream import (
     Block,
     count_data_rows,
@@ -31,16 +29,9 @@ ROWS = 120
 
 
 @pytest.fixture(scope="module")
-def real_csv(tmp_path_factory, dataset_dir):
+def real_csv(real_csv_factory):
     """Real test-split rows written by `fmnist-batch data to-csv`."""
-    path = tmp_path_factory.mktemp("csv") / "test.csv"
-    result = CliRunner().invoke(
-        main,
-        ["data", "to-csv", "--split", "test", "--limit", str(ROWS), "--out", str(path)],
-        catch_exceptions=False,
-    )
-    assert result.exit_code == 0, result.output
-    return path
+    return real_csv_factory(ROWS)
 
 
 @pytest.fixture(scope="module")

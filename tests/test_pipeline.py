@@ -19,6 +19,7 @@ variants = ["x", "y"]
 limit = 5
 [profiles.small.args]
 first = "--limit {limit}"
+"first:b" = "--limit 7"
 
 [[steps]]
 name = "first"
@@ -63,6 +64,8 @@ def test_expand_fans_out_and_matches_needs_on_shared_placeholders(spec, tmp_path
     assert by_id["second:b:y"].needs == ("first:b",)
     assert set(by_id["last"].needs) == {"second:a:x", "second:a:y", "second:b:x", "second:b:y"}
     assert by_id["first:a"].args[-2:] == ("--limit", "5")
+    # A task's own args follow its step's, so the task's value is the one Click keeps.
+    assert by_id["first:b"].args[-4:] == ("--limit", "5", "--limit", "7")
     assert by_id["first:a"].outputs == (tmp_path / "a.csv",)
 
 

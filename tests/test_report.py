@@ -57,15 +57,51 @@ def runs(trained_run, tmp_path_factory) -> dict[str, Path]:
     spr = root / "spr"
     shutil.copytree(icx, spr)
     variants = "keras-predict,keras-onednn-on,openvino-f32,openvino-bf16"
-    invoke("benchmark", "--run", icx, "--model", "backup1", "--variants", variants,
-           "--batch-sizes", "1,16", "--node-type", "icx", *BENCH)
-    invoke("benchmark", "--run", spr, "--model", "backup1", "--variants", "openvino-f32",
-           "--batch-sizes", "1,16", "--node-type", "spr", "--yardstick",
-           "--yardstick-seconds", "1", *BENCH)
+    invoke(
+        "benchmark",
+        "--run",
+        icx,
+        "--model",
+        "backup1",
+        "--variants",
+        variants,
+        "--batch-sizes",
+        "1,16",
+        "--node-type",
+        "icx",
+        *BENCH,
+    )
+    invoke(
+        "benchmark",
+        "--run",
+        spr,
+        "--model",
+        "backup1",
+        "--variants",
+        "openvino-f32",
+        "--batch-sizes",
+        "1,16",
+        "--node-type",
+        "spr",
+        "--yardstick",
+        "--yardstick-seconds",
+        "1",
+        *BENCH,
+    )
     csv = root / "images.csv"
     invoke("data", "to-csv", "--split", "test", "--limit", "200", "--out", csv)
-    invoke("score", csv, "--run", icx, "--model", "backup1", "--variant", "openvino-f32",
-           "--shard", "all/2")
+    invoke(
+        "score",
+        csv,
+        "--run",
+        icx,
+        "--model",
+        "backup1",
+        "--variant",
+        "openvino-f32",
+        "--shard",
+        "all/2",
+    )
     return {"icx": icx, "spr": spr, "nobench": nobench}
 
 
@@ -96,9 +132,13 @@ def timings(run: Path) -> pd.DataFrame:
 
 
 def ours(frame, variant, mode, batch):
-    hit = frame[(frame["variant"] == variant) & (frame["source"] == "fmnist")
-                & (frame["mode"] == mode) & (frame["batch_size"] == batch)
-                & (frame["status"] == "ok")]
+    hit = frame[
+        (frame["variant"] == variant)
+        & (frame["source"] == "fmnist")
+        & (frame["mode"] == mode)
+        & (frame["batch_size"] == batch)
+        & (frame["status"] == "ok")
+    ]
     return hit.iloc[-1]
 
 
@@ -118,9 +158,13 @@ def test_format_value_units():
 
 
 def test_the_same_gap_reason_gets_one_footnote():
-    table = Table(["a", "b", "c"], [[Cell("x", header=True), Cell(gap="no benchmark"),
-                                     Cell(gap="no benchmark")],
-                                    [Cell("y", header=True), Cell("1"), Cell(gap="other")]])
+    table = Table(
+        ["a", "b", "c"],
+        [
+            [Cell("x", header=True), Cell(gap="no benchmark"), Cell(gap="no benchmark")],
+            [Cell("y", header=True), Cell("1"), Cell(gap="other")],
+        ],
+    )
     texts, notes = gap_footnotes(table)
     assert texts == [["x", "gap [1]", "gap [1]"], ["y", "1", "gap [2]"]]
     assert notes == ["[1] no benchmark", "[2] other"]
@@ -128,8 +172,16 @@ def test_the_same_gap_reason_gets_one_footnote():
 
 
 def test_timing_column_aliases_are_mapped():
-    frame = normalize_timings(pd.DataFrame({"latency_p50_ms": ["1.5"], "throughput": [10],
-                                            "isa": [["avx2", "avx512f"]], "skip_reason": ["x"]}))
+    frame = normalize_timings(
+        pd.DataFrame(
+            {
+                "latency_p50_ms": ["1.5"],
+                "throughput": [10],
+                "isa": [["avx2", "avx512f"]],
+                "skip_reason": ["x"],
+            }
+        )
+    )
     row = frame.iloc[0]
     assert row["p50_ms"] == 1.5 and row["images_per_second"] == 10
     assert row["isa_flags"] == "avx2 avx512f" and row["reason"] == "x"
@@ -173,8 +225,9 @@ def test_every_model_and_variant_appears(icx_report):
         assert any(f"({variant})" in label for label in rows), variant
     csv = pd.read_csv(icx_report.csv)
     latency = csv[(csv["section"] == "latency") & (csv["key"] == "p50_ms")]
-    assert {(m, v) for m in MODELS for v in VARIANTS} <= set(zip(latency["model"],
-                                                              latency["variant"], strict=True))
+    assert {(m, v) for m in MODELS for v in VARIANTS} <= set(
+        zip(latency["model"], latency["variant"], strict=True)
+    )
     html = icx_report.html.read_text()
     for name in (*MODELS, *VARIANTS):
         assert name in html
@@ -187,50 +240,70 @@ def test_numbers_in_tables_equal_the_parquet_values(runs, icx_report):
     column = rows["RESULTS"].index("backup1 · icx")
     csv = pd.read_csv(icx_report.csv)
     layout = RunLayout(run)
-    for model, variant in (("main", "keras-predict"), ("backup1", "keras-predict"),
-                           ("backup2", "keras-predict"), ("backup1", "openvino-f32")):
+    for model, variant in (
+        ("main", "keras-predict"),
+        ("backup1", "keras-predict"),
+        ("backup2", "keras-predict"),
+        ("backup1", "openvino-f32"),
+    ):
         metrics = pd.read_parquet(layout.metrics(model, variant)).iloc[0]
-        label = ("Un-optimized" if variant == "keras-predict" else "Optimized")
+        label = "Un-optimized" if variant == "keras-predict" else "Optimized"
         cells = rows[f"{label} accuracy ({variant})"]
         index = rows["RESULTS"].index(f"{model} · icx")
         assert cells[index] == format_value(metrics["accuracy"], "fraction")
         assert rows[f"{label} loss ({variant})"][index] == format_value(metrics["loss"], "loss")
-        hit = csv[(csv["section"] == "results") & (csv["key"] == "accuracy")
-                  & (csv["model"] == model) & (csv["variant"] == variant)
-                  & (csv["context"] == "icx")]
+        hit = csv[
+            (csv["section"] == "results")
+            & (csv["key"] == "accuracy")
+            & (csv["model"] == model)
+            & (csv["variant"] == variant)
+            & (csv["context"] == "icx")
+        ]
         assert hit["value"].iloc[0] == metrics["accuracy"]
 
     frame = timings(run)
     predict = ours(frame, "keras-predict", "latency", 1)
     f32 = ours(frame, "openvino-f32", "latency", 1)
     assert rows["Optimized latency, batch-1 p50 (openvino-f32)"][column] == format_value(
-        f32["p50_ms"], "ms")
-    assert rows["Un-optimized latency, mean of model.predict (keras-predict)"][column] == \
-        format_value(predict["mean_ms"], "ms")
+        f32["p50_ms"], "ms"
+    )
+    assert rows["Un-optimized latency, mean of model.predict (keras-predict)"][
+        column
+    ] == format_value(predict["mean_ms"], "ms")
     seed_column = rows["RESULTS"].index("backup1 · seed")
     assert rows["Un-optimized accuracy (keras-predict)"][seed_column] == "90.32 %"
-    assert rows["Un-optimized latency, mean of model.predict (keras-predict)"][seed_column] == \
-        format_value(SEED_RESULTS["backup1"].latency_ms, "ms")
+    assert rows["Un-optimized latency, mean of model.predict (keras-predict)"][
+        seed_column
+    ] == format_value(SEED_RESULTS["backup1"].latency_ms, "ms")
 
     latency = csv[(csv["section"] == "latency") & (csv["model"] == "backup1")]
-    speedup = latency[(latency["variant"] == "openvino-f32")
-                      & (latency["key"] == "speedup_p50_vs_keras-predict")]["value"].iloc[0]
+    speedup = latency[
+        (latency["variant"] == "openvino-f32") & (latency["key"] == "speedup_p50_vs_keras-predict")
+    ]["value"].iloc[0]
     assert speedup == pytest.approx(predict["p50_ms"] / f32["p50_ms"], rel=1e-12)
     onednn = ours(frame, "keras-onednn-on", "latency", 1)
-    speedup = latency[(latency["variant"] == "openvino-f32")
-                      & (latency["key"] == "speedup_p99_vs_keras-onednn-on")]["value"].iloc[0]
+    speedup = latency[
+        (latency["variant"] == "openvino-f32")
+        & (latency["key"] == "speedup_p99_vs_keras-onednn-on")
+    ]["value"].iloc[0]
     assert speedup == pytest.approx(onednn["p99_ms"] / f32["p99_ms"], rel=1e-12)
     markdown = icx_report.markdown.read_text()
     assert format_value(predict["p50_ms"] / f32["p50_ms"], "x") in markdown
 
-    rate = csv[(csv["section"] == "throughput") & (csv["model"] == "backup1")
-               & (csv["variant"] == "openvino-f32") & (csv["batch_size"] == 16)]
+    rate = csv[
+        (csv["section"] == "throughput")
+        & (csv["model"] == "backup1")
+        & (csv["variant"] == "openvino-f32")
+        & (csv["batch_size"] == 16)
+    ]
     rate = rate[rate["key"] == "images_per_second"]["value"].iloc[0]
     assert rate == ours(frame, "openvino-f32", "throughput", 16)["images_per_second"]
     assert format_value(rate, "rate") in markdown
 
-    markers = [json.loads(p.read_text()) for p in
-               sorted((run / "predictions" / "images" / "backup1").glob("*.success.json"))]
+    markers = [
+        json.loads(p.read_text())
+        for p in sorted((run / "predictions" / "images" / "backup1").glob("*.success.json"))
+    ]
     scoring = csv[(csv["section"] == "scoring") & (csv["item"] == "images")]
     value = dict(zip(scoring["key"], scoring["value"], strict=True))
     assert len(markers) == 2 and value["rows_read"] == 200 == sum(m["rows_read"] for m in markers)
@@ -282,8 +355,10 @@ def test_a_run_without_benchmark_shows_the_gap(runs, tmp_path):
     column = rows["RESULTS"].index(name)
     context = name.removeprefix("backup1 · ")
     assert rows["Un-optimized accuracy (keras-predict)"][column].endswith("%")
-    for label in ("Un-optimized latency, batch-1 p50 (keras-predict)",
-                  "Optimized latency, batch-1 p50 (openvino-f32)"):
+    for label in (
+        "Un-optimized latency, batch-1 p50 (keras-predict)",
+        "Optimized latency, batch-1 p50 (openvino-f32)",
+    ):
         number = re.fullmatch(r"gap \[(\d+)\]", rows[label][column]).group(1)
         assert f"[{number}] no benchmark in this run (timings/ is empty)" in markdown
     assert f"gap: no latency measurement on {context}." in markdown
@@ -311,13 +386,20 @@ def test_two_node_types_side_by_side(runs, pair_report):
     frame = timings(runs["spr"])
     yard = frame[(frame["source"] == "benchmark_app") & (frame["mode"] == "latency")].iloc[0]
     mine = ours(frame, "openvino-f32", "latency", 1)
-    line = next(li for li in markdown.split("## Yardstick", 1)[1].splitlines()
-                if li.startswith("| **spr** | **backup1** | **openvino-f32** | latency |"))
+    line = next(
+        li
+        for li in markdown.split("## Yardstick", 1)[1].splitlines()
+        if li.startswith("| **spr** | **backup1** | **openvino-f32** | latency |")
+    )
     assert format_value(mine["p50_ms"], "ms") in line
     assert format_value(yard["p50_ms"], "ms") in line
     assert format_value(mine["p50_ms"] / yard["p50_ms"], "x") in line
     assert {p.name for p in pair_report.figures} >= {
-        "latency__icx.png", "latency__spr.png", "throughput__icx.png", "throughput__spr.png"}
+        "latency__icx.png",
+        "latency__spr.png",
+        "throughput__icx.png",
+        "throughput__spr.png",
+    }
 
 
 @pytest.mark.slow
@@ -360,21 +442,30 @@ class _References(HTMLParser):
 
 def chromium(*args, tmp_path: Path, netlog: Path) -> subprocess.CompletedProcess:
     """Headless Chromium on a file; every network request it makes is logged to ``netlog``."""
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--no-first-run", "--host-resolver-rules=MAP * ~NOTFOUND",
-             f"--user-data-dir={tmp_path / 'profile'}", f"--log-net-log={netlog}"]
-    return subprocess.run([*flags, *args], check=True, capture_output=True, timeout=180,
-                          text=True)
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--log-net-log={netlog}",
+    ]
+    return subprocess.run([*flags, *args], check=True, capture_output=True, timeout=180, text=True)
 
 
 def page_requests(netlog: Path) -> set[str]:
     """URLs the page asked for: requests with an initiator (the browser's own have none)."""
     events = json.loads(netlog.read_text())["events"]
     return {
-        e["params"]["url"] for e in events
-        if "url" in e.get("params", {}) and e["params"].get("initiator") not in (None,
-                                                                                 "not an origin")
+        e["params"]["url"]
+        for e in events
+        if "url" in e.get("params", {})
+        and e["params"].get("initiator") not in (None, "not an origin")
         and not e["params"]["url"].startswith(("file:", "data:"))
     }
 
@@ -390,8 +481,14 @@ def test_html_renders_in_chromium_without_requests(pair_report, tmp_path):
 
     shot, netlog = tmp_path / "shot.png", tmp_path / "netlog.json"
     url = pair_report.html.resolve().as_uri()
-    dom = chromium("--screenshot=" + str(shot), "--window-size=1400,3000", "--dump-dom", url,
-                   tmp_path=tmp_path, netlog=netlog).stdout
+    dom = chromium(
+        "--screenshot=" + str(shot),
+        "--window-size=1400,3000",
+        "--dump-dom",
+        url,
+        tmp_path=tmp_path,
+        netlog=netlog,
+    ).stdout
     assert "RESULTS: the seed's table regenerated" in dom and "backup1 · spr" in dom
     assert page_requests(netlog) == set()
 

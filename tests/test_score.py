@@ -39,16 +39,9 @@ MODEL = "backup1"
 
 
 @pytest.fixture(scope="module")
-def sample_csv(tmp_path_factory, dataset_dir):
+def sample_csv(real_csv_factory):
     """Real test-split rows written by `fmnist-batch data to-csv`."""
-    path = tmp_path_factory.mktemp("inputs") / "sample.csv"
-    result = CliRunner().invoke(
-        main,
-        ["data", "to-csv", "--split", "test", "--limit", str(ROWS), "--out", str(path)],
-        catch_exceptions=False,
-    )
-    assert result.exit_code == 0, result.output
-    return path
+    return real_csv_factory(ROWS)
 
 
 @pytest.fixture(scope="module")

@@ -25,55 +25,76 @@ from fmnist.report.lookup import (
 from fmnist.report.runs import RunData
 
 
+def _each_model(runs: list[RunData], ctxs: list[Context], models: list[str]):
+    """(run, context, where-columns, model) for every model of every context."""
+    for ctx in ctxs:
+        run = run_by_label(runs, ctx.run)
+        where = {"run": ctx.run, "node_type": ctx.node_type, "context": ctx.label}
+        for model in models:
+            yield run, ctx, where, model
+
+
+def _references(run: RunData, ctx: Context, model: str, mode: str, batch: int) -> dict:
+    """The timing rows of the reference variants for one model, mode and batch size."""
+    return {ref: find_timing(run, ctx.node_type, model, ref, mode, batch).row for ref in REFERENCES}
+
+
+def _speedups(
+    section: str, references: dict, lookup, column: str, prefix: str, base: dict
+) -> list[dict]:
+    """Speedup records of one variant's ``column`` against every reference variant.
+
+    Latency speedups are reference / ours (a smaller time is faster); throughput ones
+    are ours / reference.
+    """
+    direction = "slower" if section == "latency" else "faster"
+    key = f"speedup_{prefix.strip()}_vs_" if prefix else "speedup_vs_"
+    out = []
+    for ref in REFERENCES:
+        value, gap = speedup(references[ref], lookup, column, ref, direction)
+        out.append(
+            record(
+                section,
+                f"{key}{ref}",
+                f"{prefix}speedup vs {ref}",
+                "x",
+                value=value,
+                gap=gap,
+                **base,
+            )
+        )
+    return out
+
+
 def latency_section(
     runs: list[RunData], ctxs: list[Context], models: list[str], variants: list[str]
 ) -> list[dict]:
     """Batch-1 latency percentiles of every variant and its speedups, per node type."""
     out = []
-    for ctx in ctxs:
-        run = run_by_label(runs, ctx.run)
-        where = {"run": ctx.run, "node_type": ctx.node_type, "context": ctx.label}
-        for model in models:
-            references = {
-                ref: find_timing(run, ctx.node_type, model, ref, "latency", 1).row
-                for ref in REFERENCES
-            }
-            for variant in variants:
-                lookup = find_timing(run, ctx.node_type, model, variant, "latency", 1)
-                base = {"model": model, "variant": variant, "batch_size": 1, **where}
-                for column, name in LATENCY_METRICS:
-                    value, gap = timing_value(lookup, column, f"{name} latency")
-                    out.append(
-                        record(
-                            "latency", column, f"batch-1 {name}", "ms", value=value, gap=gap, **base
-                        )
-                    )
-                precision = None if lookup.row is None else lookup.row["executed_precision"]
+    for run, ctx, where, model in _each_model(runs, ctxs, models):
+        references = _references(run, ctx, model, "latency", 1)
+        for variant in variants:
+            lookup = find_timing(run, ctx.node_type, model, variant, "latency", 1)
+            base = {"model": model, "variant": variant, "batch_size": 1, **where}
+            for column, name in LATENCY_METRICS:
+                value, gap = timing_value(lookup, column, f"{name} latency")
                 out.append(
-                    record(
-                        "latency",
-                        "executed_precision",
-                        "executed precision",
-                        "text",
-                        text=None if is_blank(precision) else str(precision),
-                        gap=lookup.gap,
-                        **base,
-                    )
+                    record("latency", column, f"batch-1 {name}", "ms", value=value, gap=gap, **base)
                 )
-                for column, name in (("p50_ms", "p50"), ("p99_ms", "p99")):
-                    for ref in REFERENCES:
-                        value, gap = speedup(references[ref], lookup, column, ref, "slower")
-                        out.append(
-                            record(
-                                "latency",
-                                f"speedup_{name}_vs_{ref}",
-                                f"{name} speedup vs {ref}",
-                                "x",
-                                value=value,
-                                gap=gap,
-                                **base,
-                            )
-                        )
+            precision = None if lookup.row is None else lookup.row["executed_precision"]
+            out.append(
+                record(
+                    "latency",
+                    "executed_precision",
+                    "executed precision",
+                    "text",
+                    text=None if is_blank(precision) else str(precision),
+                    gap=lookup.gap,
+                    **base,
+                )
+            )
+            for column, name in (("p50_ms", "p50"), ("p99_ms", "p99")):
+                out += _speedups("latency", references, lookup, column, f"{name} ", base)
     return out
 
 
@@ -91,66 +112,46 @@ def throughput_section(
 ) -> list[dict]:
     """Images per second of every variant at every batch size, and speedups, per node type."""
     out = []
-    for ctx in ctxs:
-        run = run_by_label(runs, ctx.run)
-        where = {"run": ctx.run, "node_type": ctx.node_type, "context": ctx.label}
-        for model in models:
-            sizes = throughput_batch_sizes(run, ctx.node_type, model)
-            if not sizes:
-                gap = find_timing(run, ctx.node_type, model, BASELINE, "throughput", None).gap
-                keys = [("images_per_second", "images/s", "rate")] + [
-                    (f"speedup_vs_{ref}", f"speedup vs {ref}", "x") for ref in REFERENCES
-                ]
-                for variant in variants:
-                    for key, label, unit in keys:
-                        out.append(
-                            record(
-                                "throughput",
-                                key,
-                                label,
-                                unit,
-                                model=model,
-                                variant=variant,
-                                gap=gap or "no throughput measurement",
-                                **where,
-                            )
-                        )
-                continue
-            for batch in sizes:
-                references = {
-                    ref: find_timing(run, ctx.node_type, model, ref, "throughput", batch).row
-                    for ref in REFERENCES
-                }
-                for variant in variants:
-                    lookup = find_timing(run, ctx.node_type, model, variant, "throughput", batch)
-                    base = {"model": model, "variant": variant, "batch_size": batch, **where}
-                    value, gap = timing_value(lookup, "images_per_second", "throughput")
+    for run, ctx, where, model in _each_model(runs, ctxs, models):
+        sizes = throughput_batch_sizes(run, ctx.node_type, model)
+        if not sizes:
+            gap = find_timing(run, ctx.node_type, model, BASELINE, "throughput", None).gap
+            keys = [("images_per_second", "images/s", "rate")] + [
+                (f"speedup_vs_{ref}", f"speedup vs {ref}", "x") for ref in REFERENCES
+            ]
+            for variant in variants:
+                for key, label, unit in keys:
                     out.append(
                         record(
                             "throughput",
-                            "images_per_second",
-                            "images/s",
-                            "rate",
-                            value=value,
-                            gap=gap,
-                            **base,
+                            key,
+                            label,
+                            unit,
+                            model=model,
+                            variant=variant,
+                            gap=gap or "no throughput measurement",
+                            **where,
                         )
                     )
-                    for ref in REFERENCES:
-                        value, gap = speedup(
-                            references[ref], lookup, "images_per_second", ref, "faster"
-                        )
-                        out.append(
-                            record(
-                                "throughput",
-                                f"speedup_vs_{ref}",
-                                f"speedup vs {ref}",
-                                "x",
-                                value=value,
-                                gap=gap,
-                                **base,
-                            )
-                        )
+            continue
+        for batch in sizes:
+            references = _references(run, ctx, model, "throughput", batch)
+            for variant in variants:
+                lookup = find_timing(run, ctx.node_type, model, variant, "throughput", batch)
+                base = {"model": model, "variant": variant, "batch_size": batch, **where}
+                value, gap = timing_value(lookup, "images_per_second", "throughput")
+                out.append(
+                    record(
+                        "throughput",
+                        "images_per_second",
+                        "images/s",
+                        "rate",
+                        value=value,
+                        gap=gap,
+                        **base,
+                    )
+                )
+                out += _speedups("throughput", references, lookup, "images_per_second", "", base)
     return out
 
 
