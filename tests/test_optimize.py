@@ -14,7 +14,7 @@ from fmnist.data import to_model_input
 from fmnist.engines import create_engine, load_keras_model, predict_in_batches
 from fmnist.io import FmnistError, RunLayout, read_manifest, sha256_file
 from fmnist.openvino_engines import VariantUnsupported, cpu_capabilities
-from fmnist.optimize import OptimizeConfig, optimize_model
+from fmnist.optimize import OptimizeConfig, optimize_model, quantization_data
 
 pytestmark = pytest.mark.slow
 
@@ -101,6 +101,39 @@ def test_int8_runs_in_int8_and_keeps_accuracy(optimized_run, test_images):
     # Accuracy control bounds the drop at 0.3 points on validation images; on 600 other
     # images allow a few images' worth of sampling noise on this barely trained model.
     assert f32_accuracy - int8_accuracy <= 0.01, (f32_accuracy, int8_accuracy)
+
+
+def test_main_int8_is_quantized_from_its_convolution_head(trained_run, tmp_path, test_images):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    # A wide drop bound: this test is about the graph, not about accuracy control.
+    config = OptimizeConfig(
+        "main", int8=True, calibration_size=50, validation_size=300, parity_size=32, max_drop=1.0
+    )
+    result = optimize_model(run, config, progress=lambda m: None)
+    (rewrite,) = result.int8["rewrites"]
+    assert rewrite["dense"] == "dense" and rewrite["kernel"] == [14, 14]
+    assert result.int8["rewrite_max_abs_diff"] < 1e-4
+    record = read_manifest(run)["openvino"]["main"]["int8"]
+    assert record["rewrites"] == result.int8["rewrites"]
+    precisions = record["layer_precisions"]
+    # Four convolutions of the network and the head's one, all run in int8.
+    convolutions = [p for name, p in precisions.items() if name.startswith("Convolution")]
+    assert convolutions == ["int8"] * 5
+    images, labels = test_images
+    f32 = create_engine(run, "main", "openvino-f32", "throughput")
+    int8 = create_engine(run, "main", "openvino-int8", "throughput")
+    f32_predicted = predict_in_batches(f32, images).argmax(1)
+    int8_predicted = predict_in_batches(int8, images).argmax(1)
+    # The graph NNCF quantized scores what the f32 IR scores (a rewritten graph reading
+    # freed weights would score about 10 %).
+    validation = quantization_data(config)
+    f32_validation = predict_in_batches(f32, validation.validation).argmax(1)
+    assert result.int8["f32_validation_accuracy"] == pytest.approx(
+        np.mean(f32_validation == validation.validation_labels)
+    )
+    assert np.mean(f32_predicted == int8_predicted) >= 0.95
+    assert abs(np.mean(f32_predicted == labels) - np.mean(int8_predicted == labels)) <= 0.03
 
 
 def test_bf16_runs_only_where_the_cpu_has_it(optimized_run):
