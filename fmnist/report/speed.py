@@ -40,15 +40,17 @@ def _references(run: RunData, ctx: Context, model: str, mode: str, batch: int) -
 
 
 def _speedups(
-    section: str, references: dict, lookup, column: str, prefix: str, base: dict
+    section: str, references: dict, lookup, column: str, statistic: str | None, base: dict
 ) -> list[dict]:
     """Speedup records of one variant's ``column`` against every reference variant.
 
+    ``statistic`` ("p50", "p99" or None) names the figure in the record's key and label.
     Latency speedups are reference / ours (a smaller time is faster); throughput ones
     are ours / reference.
     """
     direction = "slower" if section == "latency" else "faster"
-    key = f"speedup_{prefix.strip()}_vs_" if prefix else "speedup_vs_"
+    key = f"speedup_{statistic}_vs_" if statistic else "speedup_vs_"
+    label = f"{statistic} speedup vs" if statistic else "speedup vs"
     out = []
     for ref in REFERENCES:
         value, gap = speedup(references[ref], lookup, column, ref, direction)
@@ -56,7 +58,7 @@ def _speedups(
             record(
                 section,
                 f"{key}{ref}",
-                f"{prefix}speedup vs {ref}",
+                f"{label} {ref}",
                 "x",
                 value=value,
                 gap=gap,
@@ -94,7 +96,7 @@ def latency_section(
                 )
             )
             for column, name in (("p50_ms", "p50"), ("p99_ms", "p99")):
-                out += _speedups("latency", references, lookup, column, f"{name} ", base)
+                out += _speedups("latency", references, lookup, column, name, base)
     return out
 
 
@@ -151,7 +153,7 @@ def throughput_section(
                         **base,
                     )
                 )
-                out += _speedups("throughput", references, lookup, "images_per_second", "", base)
+                out += _speedups("throughput", references, lookup, "images_per_second", None, base)
     return out
 
 
