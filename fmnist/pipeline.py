@@ -168,8 +168,10 @@ def expand(
                 raise FmnistError(f"step {step.name!r}: no value for placeholder {exc}") from exc
             task_id = _task_id(step.name, combo)
             # Args for one task ("train:backup1") come after the step's, so they win.
+            # A step without for_each has its name as task id: its args count once.
             extra = " ".join(
-                profile.args.get(key, "").format(**scope) for key in (step.name, task_id)
+                profile.args.get(key, "").format(**scope)
+                for key in dict.fromkeys((step.name, task_id))
             )
             needs = []
             for needed in step.needs:

@@ -20,6 +20,7 @@ limit = 5
 [profiles.small.args]
 first = "--limit {limit}"
 "first:b" = "--limit 7"
+last = "--split train"
 
 [[steps]]
 name = "first"
@@ -67,6 +68,9 @@ def test_expand_fans_out_and_matches_needs_on_shared_placeholders(spec, tmp_path
     # A task's own args follow its step's, so the task's value is the one Click keeps.
     assert by_id["first:b"].args[-4:] == ("--limit", "5", "--limit", "7")
     assert by_id["first:a"].outputs == (tmp_path / "a.csv",)
+    # A step without for_each: its task id is its name, and its args count once.
+    assert by_id["last"].args.count("--split") == 2  # the command's and the profile's
+    assert by_id["last"].args[-2:] == ("--split", "train")
 
 
 def test_the_project_pipeline_expands_for_both_profiles(tmp_path):
