@@ -218,10 +218,24 @@ def save_atomic(path: Path, saver: Callable[[Path], None]) -> None:
             keras_tmp.unlink(missing_ok=True)
 
 
-def _load_checkpoint(checkpoint: Path, config: TrainConfig) -> tuple[dict | None, object]:
+def resume_seed(seed: int, start_epoch: int) -> int:
+    """The global random seed of a run that starts after ``start_epoch`` finished epochs.
+
+    A fresh run uses ``seed`` itself. A resumed one must not: the loaded model's dropout
+    layers redraw their seeds from the global generator and the shuffle restarts, so the
+    same seed would replay the first epochs' exact (batch, dropout mask) pairs, and the
+    network fits that replayed noise instead of being regularized by it.
+    """
+    if start_epoch == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, start_epoch]).generate_state(1)[0])
+
+
+def _checkpoint_state(checkpoint: Path, config: TrainConfig) -> dict | None:
+    """The state of an interrupted run of ``config`` in ``checkpoint``, if there is one."""
     state_path = checkpoint / "state.json"
     if not state_path.exists() or not (checkpoint / "last.keras").exists():
-        return None, None
+        return None
     saved_config = json.loads((checkpoint / "config.json").read_text())
     # Only the epoch budget may change on resume: extend a run, or stop it early and
     # keep what it learned by resuming with --epochs set to the epochs already done.
@@ -232,10 +246,7 @@ def _load_checkpoint(checkpoint: Path, config: TrainConfig) -> tuple[dict | None
             f"{checkpoint}: an interrupted run with a different configuration is here; "
             "use another --out or delete the checkpoint directory"
         )
-    state = json.loads(state_path.read_text())
-    import keras
-
-    return state, keras.models.load_model(checkpoint / "last.keras")
+    return json.loads(state_path.read_text())
 
 
 def train_model(
@@ -260,12 +271,13 @@ def train_model(
     x_train, x_val = to_model_input(train_split.images), to_model_input(val_split.images)
     y_train, y_val = _targets(train_split.labels, recipe), _targets(val_split.labels, recipe)
 
-    keras.utils.set_random_seed(config.seed)
-    state, model = _load_checkpoint(checkpoint, config)
+    state = _checkpoint_state(checkpoint, config)
+    start_epoch = state["epoch"] if state else 0
+    keras.utils.set_random_seed(resume_seed(config.seed, start_epoch))
+    model = keras.models.load_model(checkpoint / "last.keras") if state else None
     write_json_atomic(checkpoint / "config.json", asdict(config))
     rows: list[dict] = list(state["rows"]) if state else []
     best: dict = dict(state.get("best") or {}) if state else {}
-    start_epoch = state["epoch"] if state else 0
     if model is None:
         model = create_model(config.model)
         _compile(model, recipe)
