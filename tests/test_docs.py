@@ -44,3 +44,65 @@ def test_readme_opens_with_the_run_and_test_commands():
     blocks = re.findall(r"```bash\n(.*?)\n```", (PROJECT / "README.md").read_text(), re.S)
     assert "fmnist-batch run --profile quick" in blocks[0]
     assert "pytest" in blocks[1]
+
+
+REPORT_MD = """# fmnist-batch comparison report
+
+## RESULTS: the seed's table regenerated
+
+| RESULTS | m |
+| --- | --: |
+| **Parameters** | 1 |
+
+## Speedups per node type
+
+### Batch-1 latency
+
+| model | p50 |
+| --- | --: |
+
+### Throughput per batch size
+
+Batch size 1
+
+| b1 |
+
+Batch size 256
+
+| b256 |
+
+[1] a footnote
+
+## Accuracy change of each optimized variant
+
+| acc |
+
+## Yardstick: OpenVINO benchmark_app on the same IR
+
+| yard |
+
+## Per model
+"""
+
+
+def test_the_readme_reference_block_is_the_reports_tables():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "update_readme_results", PROJECT / "scripts" / "update_readme_results.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    block = script.reference_tables(REPORT_MD)
+    assert block.startswith("### RESULTS: the seed's table regenerated\n\n| RESULTS | m |")
+    assert "#### Batch-1 latency" in block and "| b256 |\n\n[1] a footnote" in block
+    assert "| b1 |" not in block and "| acc |" not in block  # only batch 256, no accuracy
+    assert block.endswith("| yard |")
+    readme = (PROJECT / "README.md").read_text()
+    assert readme.count(script.START) == 1 and readme.count(script.END) == 1
+    updated = script.replace_between_markers(readme, block)
+    assert (
+        updated.count(block) == 1
+        and updated.split(script.START)[0] == readme.split(script.START)[0]
+    )
