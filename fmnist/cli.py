@@ -283,7 +283,7 @@ def evaluate_command(run, model, variant, limit, skip_unsupported, data_dir):
       fmnist-batch evaluate --run outputs/try --model backup1 --variant openvino-int8
     """
     from fmnist.engines import check_variant
-    from fmnist.evaluate import classification_report, evaluate_model
+    from fmnist.evaluate import classification_report, evaluate_model, record_skipped_evaluation
     from fmnist.onednn import prepare_process, run_cli_in_fresh_process
     from fmnist.openvino_engines import VariantUnsupported
 
@@ -305,6 +305,7 @@ def evaluate_command(run, model, variant, limit, skip_unsupported, data_dir):
     except VariantUnsupported as exc:
         if not skip_unsupported:
             raise
+        record_skipped_evaluation(run, model, variant, str(exc))
         click.echo(f"skipped {model} ({variant}): {exc}")
         return
     click.echo(

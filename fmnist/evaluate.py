@@ -182,6 +182,11 @@ def write_evaluation(evaluation: Evaluation, run: Path | str) -> dict[str, Path]
     return paths
 
 
+def record_skipped_evaluation(run: Path | str, model: str, variant: str, reason: str) -> None:
+    """Note in the manifest why a variant was not evaluated here, for the report's gap."""
+    update_manifest(Path(run), "evaluations", f"{model}__{variant}", {"skipped": reason})
+
+
 def evaluate_model(
     run: Path | str,
     model: str,

@@ -239,7 +239,9 @@ def log_path(log_dir: Path, task_id: str, index: int | None = None) -> Path:
     return Path(log_dir) / f"{task_id.replace(':', '__')}{suffix}.log"
 
 
-def _run_task(task: Task, log_dir: Path, env: dict) -> TaskOutcome:
+def _run_task(task: Task, log_dir: Path, env: dict, progress: Callable[[str], None]) -> TaskOutcome:
+    # Announced here, when a worker takes it up, not when it is queued behind others.
+    progress(f"[start]   {task.id}: fmnist-batch {shlex.join(task.args)}")
     size = array_size(task)
     indices = [None] if size is None else list(range(size))
     started = time.perf_counter()
@@ -300,11 +302,10 @@ def run_local(
                 progress(f"[skip]    {task.id} (outputs complete)")
             else:
                 to_run.append(task)
-        for task in to_run:
-            progress(f"[start]   {task.id}: fmnist-batch {shlex.join(task.args)}")
-        results = Parallel(n_jobs=max(1, jobs), backend="threading")(
-            delayed(_run_task)(task, log_dir, env) for task in to_run
-        )
+        # Unordered results: each task is reported as it finishes.
+        results = Parallel(
+            n_jobs=max(1, jobs), backend="threading", return_as="generator_unordered"
+        )(delayed(_run_task)(task, log_dir, env, progress) for task in to_run)
         for outcome in results:
             outcomes[outcome.task_id] = outcome
             tail = "" if outcome.status == "done" else f", see {outcome.log}"

@@ -211,6 +211,8 @@ def test_evaluate_cli_for_the_openvino_variants(optimized_run, tmp_path):
         result = invoke(*args, "--limit", 100, "--skip-unsupported")
         assert result.exit_code == 0 and "skipped backup1 (openvino-bf16)" in result.output
         assert not RunLayout(run).metrics("backup1", "openvino-bf16").exists()
+        skipped = read_manifest(run)["evaluations"]["backup1__openvino-bf16"]["skipped"]
+        assert "bf16" in skipped  # the report shows this reason in the gap
 
 
 def test_optimize_and_benchmark_commands_have_help_with_an_example():

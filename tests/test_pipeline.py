@@ -106,8 +106,15 @@ def test_local_executor_runs_in_order_skips_complete_and_holds_after_failure(
     assert (run / "last.csv").exists() and (run / "logs" / "second__a__x.log").exists()
 
     (run / "b-y.csv").unlink()
-    outcomes = {o.task_id: o.status for o in run_local(tasks, run, progress=lambda m: None)}
+    (run / "a-x.csv").unlink()
+    messages: list[str] = []
+    outcomes = {o.task_id: o.status for o in run_local(tasks, run, progress=messages.append)}
     assert outcomes["second:b:y"] == "done" and outcomes["first:a"] == "skipped"
+    # One at a time, a task is announced when it starts, and reported before the next.
+    started = [m.split()[1].rstrip(":") for m in messages if m.startswith("[start]")]
+    assert started == ["second:a:x", "second:b:y"]
+    order = [m.split()[0] for m in messages if m.split()[1].startswith("second:")]
+    assert order == ["[skip]", "[skip]", "[start]", "[done]", "[start]", "[done]"]
 
     broken = expand(pipeline, "small", tmp_path / "broken", {"data_dir": str(tmp_path / "none")})
     outcomes = {

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from fmnist.cli import main
 from fmnist.engines import VARIANTS
-from fmnist.io import RunLayout, write_parquet_atomic
+from fmnist.io import RunLayout, update_manifest, write_parquet_atomic
 from fmnist.report import build_report
 from fmnist.report.document import format_value
 from fmnist.report.render import Cell, Table, gap_footnotes, to_markdown
@@ -342,6 +342,8 @@ def ours_or_status(frame, variant):
 def test_a_run_without_benchmark_shows_the_gap(runs, tmp_path):
     run = tmp_path / "nobench"
     shutil.copytree(runs["nobench"], run)
+    # What `evaluate --skip-unsupported` records for a variant this CPU cannot run.
+    update_manifest(run, "evaluations", "backup1__openvino-bf16", {"skipped": "no bf16 here"})
     result = invoke("report", run)  # the CLI, into RUN/report
     assert "report.html" in result.output
     report = run / "report"
@@ -363,6 +365,10 @@ def test_a_run_without_benchmark_shows_the_gap(runs, tmp_path):
         assert f"[{number}] no benchmark in this run (timings/ is empty)" in markdown
     assert f"gap: no latency measurement on {context}." in markdown
     assert "no batch scoring in this run (predictions/ is empty)" in markdown
+    number = re.fullmatch(
+        r"gap \[(\d+)\]", rows["Optimized accuracy (openvino-bf16)"][column]
+    ).group(1)
+    assert f"[{number}] skipped: no bf16 here" in markdown
 
 
 @pytest.mark.slow

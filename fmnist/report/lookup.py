@@ -251,6 +251,9 @@ def _metrics_summary(run: RunData, model: str, variant: str) -> tuple[pd.Series 
     precision = "int8" if variant == "openvino-int8" else "f32"
     if variant.startswith("openvino") and not run.has_ir(model, precision):
         return None, f"never optimized (no models/{model}/openvino/{precision}/model.xml)"
+    recorded = (run.manifest.get("evaluations") or {}).get(f"{model}__{variant}") or {}
+    if recorded.get("skipped"):
+        return None, f"skipped: {recorded['skipped']}"
     return None, f"not evaluated (no metrics/{model}__{variant}.parquet)"
 
 
