@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,17 +52,22 @@ def toml_value(value) -> str:
     return json.dumps(value)  # strings, numbers, booleans and lists read the same in TOML
 
 
+def toml_key(key: str) -> str:
+    # Task ids ("train:backup1") are not bare keys: quote them.
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
 def pipeline_toml(spec: dict) -> str:
     """A pipeline spec as TOML text (profiles with args, then the steps)."""
     lines = []
     for name, profile in spec["profiles"].items():
         lines.append(f"[profiles.{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in profile.items() if k != "args"]
+        lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in profile.items() if k != "args"]
         lines.append(f"[profiles.{name}.args]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in profile.get("args", {}).items()]
+        lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in profile.get("args", {}).items()]
     for step in spec["steps"]:
         lines.append("[[steps]]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in step.items()]
+        lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in step.items()]
     return "\n".join(lines) + "\n"
 
 
