@@ -2,7 +2,9 @@
 
 After every finished epoch the model, optimizer state and history are checkpointed
 under ``RUN/models/<model>/checkpoint/``; running the same command again after a
-job was killed resumes from the last finished epoch.
+job was killed resumes from the last finished epoch. Running it with ``--epochs`` at
+most the epochs already done stops the run there: the model is written and the
+checkpoint kept, so a later run with a larger ``--epochs`` continues it.
 """
 
 from __future__ import annotations
@@ -350,7 +352,10 @@ def train_model(
             "resumed_from_epoch": start_epoch,
         },
     )
-    shutil.rmtree(checkpoint, ignore_errors=True)
+    if start_epoch < config.epochs:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    # Else this call only wrote out a run stopped early (--epochs <= epochs done): the
+    # checkpoint stays, so running again with a larger --epochs continues training.
     return result
 
 

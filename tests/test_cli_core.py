@@ -158,9 +158,19 @@ def test_killed_training_resumes_from_its_last_finished_epoch(tmp_path):
     )
     assert changed.returncode == 1 and "different configuration" in changed.stderr
 
+    # Stopped early: --epochs set to what finished writes the model and keeps the checkpoint.
+    stop_args = list(args)
+    stop_args[args.index("--epochs") + 1] = str(finished)
+    stopped = subprocess.run(stop_args, env=env, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 0, stopped.stderr
+    assert RunLayout(run).keras_model("backup1").exists() and state.exists()
+    assert len(pd.read_parquet(RunLayout(run).history("backup1"))) == finished
+
+    # ... and the full budget continues from there, then removes the checkpoint.
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"resuming backup1 after epoch {finished}/3" in result.stderr
     history = pd.read_parquet(RunLayout(run).history("backup1"))
     assert history["epoch"].tolist() == [1, 2, 3]
     assert history["lr"].tolist() == pytest.approx([1e-3, 9e-4, 8.1e-4])
+    assert not state.parent.exists()
