@@ -218,7 +218,7 @@ run_option = click.option(
     default="seed",
     show_default=True,
     help="seed: the report's recipe; tuned: label smoothing + best-epoch restore; "
-    "tuned-wd: tuned with decoupled weight decay.",
+    "tuned-wd: tuned with decoupled weight decay; tuned-flip: tuned with horizontal flips.",
 )
 @click.option(
     "--augment/--no-augment",

@@ -46,6 +46,7 @@ class Recipe:
     label_smoothing: float = 0.0
     restore_best: bool = False  # keep the weights of the best validation epoch
     augment: bool = False
+    shift: float = 0.05  # augmentation's random translation, a fraction of the image; 0: flips only
     weight_decay: float = 0.0  # decoupled (AdamW); 0 keeps plain Adam
 
 
@@ -57,6 +58,11 @@ RECIPES = {
     # tuned plus decoupled weight decay, for networks that overfit their dense head.
     "tuned-wd": Recipe(
         "tuned-wd", lr_decay=0.92, label_smoothing=0.1, restore_best=True, weight_decay=0.05
+    ),
+    # tuned plus horizontal flips: twice the images without moving the small networks'
+    # few spatial positions (translations made them underfit).
+    "tuned-flip": Recipe(
+        "tuned-flip", lr_decay=0.92, label_smoothing=0.1, restore_best=True, augment=True, shift=0.0
     ),
 }
 
@@ -134,19 +140,37 @@ def _targets(labels: np.ndarray, recipe: Recipe) -> np.ndarray:
     return labels.astype(np.int32)
 
 
-def _augmented_dataset(images, targets, batch_size: int, seed: int):
+def _augmented_dataset(images, targets, batch_size: int, shift: float, seed: int):
     import keras
     import tensorflow as tf
 
-    augment = keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomTranslation(0.05, 0.05, seed=seed),
-        ]
-    )
+    layers = [keras.layers.RandomFlip("horizontal", seed=seed)]
+    if shift:
+        layers.append(keras.layers.RandomTranslation(shift, shift, seed=seed))
+    augment = keras.Sequential(layers)
     dataset = tf.data.Dataset.from_tensor_slices((images, targets))
     dataset = dataset.shuffle(len(images), seed=seed).batch(batch_size)
     return dataset.map(lambda x, y: (augment(x, training=True), y)).prefetch(2)
+
+
+def training_data(
+    images: np.ndarray, targets: np.ndarray, config: TrainConfig, start_epoch: int = 0
+) -> dict:
+    """``model.fit`` keyword arguments that feed the training images, augmented or not.
+
+    An augmented run draws its order and augmentations from the same per-resume-point
+    stream as the global seed (``resume_seed``), so a resumed run does not replay epoch 1.
+    """
+    if not config.uses_augmentation():
+        return {"x": images, "y": targets, "batch_size": config.batch_size, "shuffle": True}
+    dataset = _augmented_dataset(
+        images,
+        targets,
+        config.batch_size,
+        config.resolved_recipe().shift,
+        resume_seed(config.seed, start_epoch),
+    )
+    return {"x": dataset, "shuffle": False}  # the dataset shuffles itself
 
 
 class _EpochRecorder:
@@ -297,16 +321,7 @@ def train_model(
 
     started = time.perf_counter()
     if start_epoch < config.epochs:
-        if config.uses_augmentation():
-            train_data = _augmented_dataset(x_train, y_train, config.batch_size, config.seed)
-            fit_args = {"x": train_data, "shuffle": False}  # the dataset shuffles itself
-        else:
-            fit_args = {
-                "x": x_train,
-                "y": y_train,
-                "batch_size": config.batch_size,
-                "shuffle": True,
-            }
+        fit_args = training_data(x_train, y_train, config, start_epoch)
         model.fit(
             **fit_args,
             epochs=config.epochs,
