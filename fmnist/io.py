@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,16 @@ def write_parquet_atomic(
         table = table.replace_schema_metadata(merged)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """Parse a TOML file; a missing or invalid one is an error naming ``what`` and the path."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise FmnistError(f"{path}: {what} not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise FmnistError(f"{path}: invalid TOML ({exc})") from exc
 
 
 def sha256_file(path: Path | str, chunk_size: int = 1 << 20) -> str:

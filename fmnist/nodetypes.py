@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import shlex
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from fmnist.io import FmnistError
+from fmnist.io import FmnistError, read_toml
 
 FLAVORS = ("torque", "pbspro", "slurm")
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "jobs" / "node_types.toml"
@@ -34,12 +33,7 @@ def catalog_path() -> Path:
 def load_node_types(path: Path | str | None = None) -> dict[str, NodeType]:
     """Parse and check the node-type catalog: every entry names a request for every flavor."""
     path = Path(path) if path else catalog_path()
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise FmnistError(f"{path}: node-type catalog not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise FmnistError(f"{path}: invalid TOML ({exc})") from exc
+    raw = read_toml(path, "node-type catalog")
     types = {}
     for name, body in raw.get("node_types", {}).items():
         missing = [flavor for flavor in FLAVORS if flavor not in body]

@@ -13,12 +13,11 @@ import shlex
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmnist.io import FmnistError
+from fmnist.io import FmnistError, read_toml
 
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "jobs" / "pipeline.toml"
 
@@ -86,12 +85,7 @@ def spec_path() -> Path:
 def load_pipeline(path: Path | str | None = None) -> Pipeline:
     """Parse and check a pipeline spec."""
     path = Path(path) if path else spec_path()
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise FmnistError(f"{path}: pipeline spec not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise FmnistError(f"{path}: invalid TOML ({exc})") from exc
+    raw = read_toml(path, "pipeline spec")
     steps = tuple(
         Step(
             name=s["name"],
