@@ -247,12 +247,18 @@ def train_command(model, out, epochs, batch_size, limit, seed, patience, recipe,
         data_dir=data_dir,
     )
     result = train_model(config, out, progress=_progress)
-    last = result.history.iloc[-1] if len(result.history) else None
-    click.echo(
-        f"trained {model}: {len(result.history)} epochs in {result.wall_seconds:.1f}s"
-        + (f", val_accuracy {last['val_accuracy']:.4f}" if last is not None else "")
-        + f" -> {result.model_path}"
-    )
+    click.echo(train_summary(model, result))
+
+
+def train_summary(model: str, result) -> str:
+    """One line on a finished run: epochs, wall time, and the kept epoch's validation accuracy."""
+    line = f"trained {model}: {len(result.history)} epochs in {result.wall_seconds:.1f}s"
+    if len(result.history):
+        # A best-epoch recipe keeps an earlier epoch: report the weights that were saved.
+        kept_epoch = result.best_epoch or int(result.history["epoch"].iloc[-1])
+        kept = result.history.loc[result.history["epoch"] == kept_epoch].iloc[-1]
+        line += f", kept epoch {kept_epoch} (val_accuracy {kept['val_accuracy']:.4f})"
+    return f"{line} -> {result.model_path}"
 
 
 @main.command("evaluate")

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from fmnist.cli import main
+from fmnist.cli import main, train_summary
 from fmnist.io import RunLayout, sha256_file
 
 
@@ -86,6 +86,18 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
+def test_train_summary_reports_the_kept_epoch_not_the_last():
+    from fmnist.train import TrainResult
+
+    history = pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.90, 0.95, 0.93]})
+    kept_best = TrainResult("m.keras", history, 12.0, "0" * 64, best_epoch=2)
+    assert train_summary("main", kept_best) == (
+        "trained main: 3 epochs in 12.0s, kept epoch 2 (val_accuracy 0.9500) -> m.keras"
+    )
+    kept_last = TrainResult("m.keras", history, 12.0, "0" * 64)
+    assert "kept epoch 3 (val_accuracy 0.9300)" in train_summary("main", kept_last)
+
+
 def test_train_then_evaluate_backup1(tmp_path):
     run = tmp_path / "run"
     result = invoke("train", "--model", "backup1", "--epochs", "1", "--limit", "4000", "--out", run)
