@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from fmnist.io import FmnistError
+
+if TYPE_CHECKING:  # the training module imports TensorFlow; commands import it lazily
+    from fmnist.train import TrainResult
 
 DEFAULT_RUN = "outputs/run"
 
@@ -250,7 +254,7 @@ def train_command(model, out, epochs, batch_size, limit, seed, patience, recipe,
     click.echo(train_summary(model, result))
 
 
-def train_summary(model: str, result) -> str:
+def train_summary(model: str, result: TrainResult) -> str:
     """One line on a finished run: epochs, wall time, and the kept epoch's validation accuracy."""
     line = f"trained {model}: {len(result.history)} epochs in {result.wall_seconds:.1f}s"
     if len(result.history):

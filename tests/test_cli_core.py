@@ -85,7 +85,6 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path):
     assert result.exit_code == 1 and f"{path}: cannot load Keras model" in result.output
 
 
-@pytest.mark.slow
 def test_train_summary_reports_the_kept_epoch_not_the_last():
     from fmnist.train import TrainResult
 
@@ -98,6 +97,7 @@ def test_train_summary_reports_the_kept_epoch_not_the_last():
     assert "kept epoch 3 (val_accuracy 0.9300)" in train_summary("main", kept_last)
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_backup1(tmp_path):
     run = tmp_path / "run"
     result = invoke("train", "--model", "backup1", "--epochs", "1", "--limit", "4000", "--out", run)
