@@ -1,10 +1,9 @@
-"""Copy the reference tables of a report into README.md, between its results markers.
+"""Copy the reference tables of a report into docs/results.md, between its results markers.
 
-The README's reference results are the `full` profile's report, not numbers typed by
-hand: after `fmnist-batch run --profile full --out outputs/full` (which ends with the
-report step) run
+The reference results are the `full` profile's report, not numbers typed by hand: after
+`fmnist-batch run --profile full --out outputs/full` (which ends with the report step) run
 
-    .venv/bin/python scripts/update_readme_results.py outputs/full/report/report.md
+    .venv/bin/python scripts/update_results.py outputs/full/report/report.md
 
 It takes the RESULTS table, the batch-1 latency speedups, the batch-256 throughput
 speedups and the benchmark_app yardstick, with their footnotes, demotes their headings
@@ -20,7 +19,7 @@ import sys
 from pathlib import Path
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-README = Path(__file__).resolve().parent.parent / "README.md"
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results.md"
 
 
 def sections(markdown: str) -> dict[str, str]:
@@ -47,7 +46,7 @@ def batch_block(body: str, batch: int) -> str:
 
 
 def reference_tables(report_md: str) -> str:
-    """The README's reference block, built from one report.md."""
+    """The reference block of docs/results.md, built from one report.md."""
     found = sections(report_md)
     pieces = []
     for prefix in ("## RESULTS", "### Batch-1 latency"):
@@ -60,11 +59,11 @@ def reference_tables(report_md: str) -> str:
     return "\n\n".join(pieces)
 
 
-def replace_between_markers(readme: str, block: str) -> str:
-    """``readme`` with the text between the results markers replaced by ``block``."""
-    if START not in readme or END not in readme:
-        raise SystemExit(f"error: {README} has no {START} ... {END} markers")
-    head, rest = readme.split(START, 1)
+def replace_between_markers(page: str, block: str) -> str:
+    """``page`` with the text between the results markers replaced by ``block``."""
+    if START not in page or END not in page:
+        raise SystemExit(f"error: {RESULTS} has no {START} ... {END} markers")
+    head, rest = page.split(START, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{START}\n{block}\n{END}{tail}"
 
@@ -77,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.report}: no such report", file=sys.stderr)
         return 1
     block = reference_tables(args.report.read_text())
-    README.write_text(replace_between_markers(README.read_text(), block))
-    print(f"{README}: reference tables from {args.report}")
+    RESULTS.write_text(replace_between_markers(RESULTS.read_text(), block))
+    print(f"{RESULTS}: reference tables from {args.report}")
     return 0
 
 
