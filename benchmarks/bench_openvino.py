@@ -27,17 +27,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from fmnist.bench import (
-    BenchConfig,
-    benchmark_images,
-    measure_latency,
-    measure_throughput,
-    seed_predict,
-)
+from fmnist.bench.config import BenchConfig
+from fmnist.bench.latency import measure_latency, measure_throughput, seed_predict
+from fmnist.bench.workers import benchmark_images
+from fmnist.bench.yardstick import run_benchmark_app
 from fmnist.engines import create_engine
 from fmnist.io import RunLayout
 from fmnist.system import machine_info
-from fmnist.yardstick import run_benchmark_app
 
 MODELS = ("main", "backup1", "backup2")
 BATCHES = (1, 32, 256)

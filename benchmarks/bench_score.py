@@ -35,9 +35,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pyarrow.csv as pcsv  # noqa: E402
 
-from fmnist.csvstream import _PARSE, _convert_options, inspect_csv  # noqa: E402
-from fmnist.score import ScoreConfig, default_variant  # noqa: E402
-from fmnist.shardfiles import marker_name  # noqa: E402
+from fmnist.scoring.csv_input import _PARSE, _convert_options, inspect_csv  # noqa: E402
+from fmnist.scoring.score import ScoreConfig, default_variant  # noqa: E402
+from fmnist.scoring.shards import marker_name  # noqa: E402
 
 FMNIST = [sys.executable, "-m", "fmnist"]
 GIB = 1 << 30

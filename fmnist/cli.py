@@ -5,16 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from fmnist.io import FmnistError
-
-if TYPE_CHECKING:  # the training module imports TensorFlow; commands import it lazily
-    from fmnist.train import TrainResult
-
-DEFAULT_RUN = "outputs/run"
+from fmnist.io import FmnistError, default_run_dir
 
 
 class FmnistGroup(click.Group):
@@ -189,12 +183,12 @@ def models_command(as_json):
 # --------------------------------------------------------------------------- train / evaluate
 
 model_option = click.option("--model", required=True, help="main, backup1 or backup2.")
+RUN_HELP = "Run directory [default: FMNIST_RUN, else outputs/quick]."
 run_option = click.option(
     "--run",
     type=click.Path(file_okay=False),
-    default=DEFAULT_RUN,
-    show_default=True,
-    help="Run directory.",
+    default=None,
+    help=RUN_HELP,
 )
 
 
@@ -203,9 +197,8 @@ run_option = click.option(
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
-    default=DEFAULT_RUN,
-    show_default=True,
-    help="Run directory; re-running with the same one resumes an interrupted run.",
+    default=None,
+    help=RUN_HELP + " Re-running with the same one resumes an interrupted run.",
 )
 @click.option("--epochs", type=int, default=40, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
@@ -237,7 +230,7 @@ def train_command(model, out, epochs, batch_size, limit, seed, patience, recipe,
     Example:
       fmnist-batch train --model backup1 --epochs 2 --limit 5000 --out outputs/try
     """
-    from fmnist.train import TrainConfig, train_model
+    from fmnist.train import TrainConfig, train_model, train_summary
 
     config = TrainConfig(
         model=model,
@@ -250,19 +243,8 @@ def train_command(model, out, epochs, batch_size, limit, seed, patience, recipe,
         augment=augment,
         data_dir=data_dir,
     )
-    result = train_model(config, out, progress=_progress)
+    result = train_model(config, out or default_run_dir(), progress=_progress)
     click.echo(train_summary(model, result))
-
-
-def train_summary(model: str, result: TrainResult) -> str:
-    """One line on a finished run: epochs, wall time, and the kept epoch's validation accuracy."""
-    line = f"trained {model}: {len(result.history)} epochs in {result.wall_seconds:.1f}s"
-    if len(result.history):
-        # A best-epoch recipe keeps an earlier epoch: report the weights that were saved.
-        kept_epoch = result.best_epoch or int(result.history["epoch"].iloc[-1])
-        kept = result.history.loc[result.history["epoch"] == kept_epoch].iloc[-1]
-        line += f", kept epoch {kept_epoch} (val_accuracy {kept['val_accuracy']:.4f})"
-    return f"{line} -> {result.model_path}"
 
 
 @main.command("evaluate")
@@ -292,37 +274,17 @@ def evaluate_command(run, model, variant, limit, skip_unsupported, data_dir):
       fmnist-batch evaluate --run outputs/try --model backup1
       fmnist-batch evaluate --run outputs/try --model backup1 --variant openvino-int8
     """
-    from fmnist.engines import check_variant
-    from fmnist.evaluate import classification_report, evaluate_model, record_skipped_evaluation
-    from fmnist.onednn import prepare_process, run_cli_in_fresh_process
-    from fmnist.openvino_engines import VariantUnsupported
+    from fmnist.evaluate import EvaluateRequest, run_evaluation
 
-    check_variant(variant)
-    if not prepare_process(variant):
-        # TensorFlow is already loaded here with the other oneDNN setting.
-        args = ["evaluate", "--run", run, "--model", model, "--variant", variant]
-        args += ["--limit", str(limit)] if limit is not None else []
-        args += ["--data-dir", data_dir] if data_dir else []
-        args += ["--skip-unsupported"] if skip_unsupported else []
-        result = run_cli_in_fresh_process(args, variant)
-        click.echo(result.stdout, nl=False)
-        click.echo(result.stderr, nl=False, err=True)
-        if result.returncode:
-            sys.exit(result.returncode)
-        return
-    try:
-        evaluation = evaluate_model(run, model, variant, limit=limit, data_dir=data_dir)
-    except VariantUnsupported as exc:
-        if not skip_unsupported:
-            raise
-        record_skipped_evaluation(run, model, variant, str(exc))
-        click.echo(f"skipped {model} ({variant}): {exc}")
-        return
-    click.echo(
-        f"{model} ({variant}, executed {evaluation.executed_precision}) "
-        f"on {evaluation.images} test images"
+    request = EvaluateRequest(
+        run=str(run or default_run_dir()),
+        model=model,
+        variant=variant,
+        limit=limit,
+        data_dir=data_dir,
+        skip_unsupported=skip_unsupported,
     )
-    click.echo(classification_report(evaluation))
+    click.echo(run_evaluation(request), nl=False)
 
 
 # --------------------------------------------------------------------------- optimize / benchmark
@@ -349,9 +311,9 @@ def evaluate_command(run, model, variant, limit, skip_unsupported, data_dir):
 @click.option(
     "--max-drop",
     type=float,
-    default=0.3,
-    show_default=True,
-    help="Accuracy points INT8 may lose before accuracy-controlled quantization is used.",
+    default=None,
+    help="Accuracy points INT8 may lose before stronger quantization is tried "
+    "[default: 0.3, the INT8 acceptance bound].",
 )
 @click.option(
     "--dense-as-conv/--no-dense-as-conv",
@@ -373,18 +335,18 @@ def optimize_command(
     Example:
       fmnist-batch optimize --run outputs/try --model backup1 --int8
     """
-    from fmnist.optimize import OptimizeConfig, optimize_model
+    from fmnist.engines.optimize import INT8_MAX_DROP, OptimizeConfig, optimize_model
 
     config = OptimizeConfig(
         model=model,
         int8=int8,
         calibration_size=calibration_size,
         validation_size=validation_size,
-        max_drop=max_drop / 100,
+        max_drop=INT8_MAX_DROP if max_drop is None else max_drop / 100,
         dense_as_conv=dense_as_conv,
         data_dir=data_dir,
     )
-    result = optimize_model(run, config, progress=_progress)
+    result = optimize_model(run or default_run_dir(), config, progress=_progress)
     click.echo(f"{model}: f32 IR {result.f32_xml} (max |IR - Keras| {result.f32_max_abs_diff:.1e})")
     if result.int8_xml:
         info = result.int8
@@ -451,16 +413,12 @@ def benchmark_command(
       fmnist-batch benchmark --run outputs/try --model backup1 --yardstick
       fmnist-batch benchmark --run outputs/try --model main --variants openvino-f32,openvino-int8
     """
-    from fmnist.bench import (
-        BenchConfig,
-        parse_batch_sizes,
-        parse_variants,
-        run_benchmark,
-        summary_table,
-    )
+    from fmnist.bench.config import BenchConfig, parse_batch_sizes, parse_variants
+    from fmnist.bench.run import run_benchmark
+    from fmnist.bench.summary import summary_table
 
     config = BenchConfig(
-        run=run,
+        run=str(run or default_run_dir()),
         model=model,
         variants=parse_variants(variants),
         batch_sizes=parse_batch_sizes(batch_sizes),
@@ -493,7 +451,7 @@ def benchmark_command(
     "--out",
     type=click.Path(file_okay=False),
     default=None,
-    help="Run directory (default: outputs/<profile>).",
+    help="Run directory [default: FMNIST_RUN, else outputs/<profile>].",
 )
 @click.option(
     "--jobs", type=int, default=1, show_default=True, help="Independent steps to run at once."
@@ -507,29 +465,12 @@ def run_command(profile, out, jobs, force, dry_run):
     Example:
       fmnist-batch run --profile quick --out outputs/quick --jobs 2
     """
-    import os
+    from fmnist.pipeline.executor import describe_tasks, plan_pipeline, run_pipeline
 
-    from fmnist.pipeline import expand, load_pipeline, run_local
-    from fmnist.step import scalar_overrides
-
-    out = Path(out or f"outputs/{profile}")
-    pipeline = load_pipeline()
-    # FMNIST_<NAME> sets a profile scalar here as in submit and in every job.
-    tasks = expand(pipeline, profile, out, scalar_overrides(pipeline, profile, os.environ))
     if dry_run:
-        for task in tasks:
-            needs = f"  (after {', '.join(task.needs)})" if task.needs else ""
-            click.echo(f"{task.id}: fmnist-batch {' '.join(task.args)}{needs}")
+        click.echo(describe_tasks(plan_pipeline(profile, out)[0]))
         return
-    outcomes = run_local(tasks, out, jobs=jobs, force=force, progress=_progress)
-    failed = [o for o in outcomes if o.status in ("failed", "held")]
-    done = sum(o.status in ("done", "skipped") for o in outcomes)
-    click.echo(f"{done}/{len(tasks)} steps complete in {out}")
-    if failed:
-        raise FmnistError(
-            f"{len(failed)} step(s) did not finish: "
-            + ", ".join(f"{o.task_id} ({o.status})" for o in failed)
-        )
+    click.echo(run_pipeline(profile, out, jobs=jobs, force=force, progress=_progress))
 
 
 # --------------------------------------------------------------------------- scheduler
@@ -566,13 +507,9 @@ def step_command(task, run, profile, force):
     """
     import os
 
-    from fmnist.pipeline import load_pipeline
-    from fmnist.step import run_tasks, select_tasks
+    from fmnist.pipeline.step import run_step
 
-    environ = dict(os.environ)
-    run = run or f"outputs/{profile}"
-    tasks = select_tasks(load_pipeline(), profile, run, task, environ)
-    run_tasks(tasks, environ, force=force, progress=_progress)
+    run_step(task, run, profile, dict(os.environ), force=force, progress=_progress)
 
 
 @main.command("submit")
@@ -613,40 +550,15 @@ def submit_command(scheduler, profile, node_types, out, dry_run, resume):
       fmnist-batch submit --scheduler slurm --profile quick --node-type local --out outputs/q
       fmnist-batch submit --out outputs/q --resume
     """
-    from fmnist.nodetypes import load_node_types, parse_node_type_list
-    from fmnist.pipeline import load_pipeline, spec_path
-    from fmnist.scheduler import detect_flavor
-    from fmnist.submit import SubmitSettings, read_record, submit_pipeline
+    from fmnist.pipeline.spec import load_pipeline
+    from fmnist.pipeline.submit import resolve_settings, submit_pipeline, submit_summary
 
-    recorded = {}
-    if resume:
-        run_dir = Path(out or f"outputs/{profile or 'quick'}")
-        recorded = (read_record(run_dir) or {}).get("settings", {})
-    profile = profile or recorded.get("profile") or "quick"
-    out = Path(out or f"outputs/{profile}").resolve()
-    settings = SubmitSettings(
-        scheduler=scheduler or recorded.get("scheduler") or detect_flavor(),
-        profile=profile,
-        node_types=(
-            parse_node_type_list(node_types, load_node_types())
-            if node_types
-            else recorded.get("node_types") or ["local"]
-        ),
-        pipeline=recorded.get("pipeline") or str(spec_path().resolve()),
-        run=str(out),
-    )
-    pipeline = load_pipeline(settings.pipeline)
-    planned, result, script = submit_pipeline(
-        pipeline, settings, dry_run=dry_run, resume=resume, progress=_progress
-    )
-    if dry_run:
-        click.echo(script, nl=False)
-        return
-    counts = {a: list(result.actions.values()).count(a) for a in ("submitted", "kept", "complete")}
-    click.echo(
-        f"{counts['submitted']} job(s) submitted, {counts['kept']} kept, "
-        f"{counts['complete']} task(s) already complete; ids in {out / 'jobs.json'}"
-    )
+    settings = resolve_settings(scheduler, profile, node_types, out, resume)
+    _, result, script = submit_pipeline(
+        load_pipeline(settings.pipeline), settings, dry_run=dry_run, resume=resume,
+        progress=_progress,
+    )  # fmt: skip
+    click.echo(script if dry_run else submit_summary(result, settings), nl=not dry_run)
 
 
 @main.command("status")
@@ -661,7 +573,7 @@ def status_command(run, as_json):
     """
     from dataclasses import asdict
 
-    from fmnist.submit import format_statuses, run_status
+    from fmnist.pipeline.submit import format_statuses, run_status
 
     statuses = run_status(run)
     if as_json:
@@ -687,15 +599,11 @@ def jobenv_command(as_json, save):
     Example:
       fmnist-batch jobenv --json
     """
-    from fmnist.io import write_json_atomic
-    from fmnist.jobenv import current
+    from fmnist.jobenv import current, save_job_environment
 
     env = current()
     if save:
-        stem = (env.task_id or env.safe_job_id).replace(":", "__")
-        if env.array_index is not None:
-            stem += f".{env.array_index}"
-        write_json_atomic(Path(save) / f"{stem}.json", env.to_dict())
+        save_job_environment(env, save)
     if as_json:
         click.echo(json.dumps(env.to_dict(), indent=2))
         return
@@ -713,8 +621,8 @@ def jobenv_command(as_json, save):
 @click.option(
     "--variant",
     default=None,
-    help="Engine variant (default: int8 if within 0.3 points of f32, else openvino-f32, "
-    "else keras-predict).",
+    help="Engine variant (default: int8 if it passes the INT8 acceptance check against "
+    "f32, else openvino-f32, else keras-predict).",
 )
 @click.option(
     "--shard",
@@ -761,7 +669,7 @@ def score_command(
       fmnist-batch score big.csv --run RUN --model backup1 --shard auto/8
       fmnist-batch score big.csv --run RUN --model backup1 --shard all/4 --workers 2
     """
-    from fmnist.score import (
+    from fmnist.scoring.score import (
         ScoreConfig,
         default_out_dir,
         default_variant,
@@ -771,6 +679,7 @@ def score_command(
 
     if workers < 1 or batch_size < 1 or block_mb < 1:
         raise FmnistError("--workers, --batch-size and --block-mb must be at least 1")
+    run = run or default_run_dir()
     indices, count = parse_shard_option(shard, workers)
     if variant is None:
         variant, why = default_variant(run, model)
@@ -822,7 +731,7 @@ def verify_command(directory, input_csv, merge):
     Example:
       fmnist-batch verify outputs/quick/predictions/test/backup1 --merge backup1.parquet
     """
-    from fmnist.verify import merge_parts, verify_predictions
+    from fmnist.scoring.verify import merge_parts, verify_predictions
 
     result = verify_predictions(directory, input_csv, progress=_progress)
     click.echo(

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fmnist.data import CLASS_NAMES, load_dataset, to_model_input
-from fmnist.engines import create_engine, predict_in_batches
-from fmnist.io import RunLayout, update_manifest, write_parquet_atomic
+from fmnist.engines import check_variant, create_engine, predict_in_batches
+from fmnist.engines.keras import prepare_process, required_env, run_with_setting
+from fmnist.engines.openvino import VariantUnsupported
+from fmnist.io import FmnistError, RunLayout, update_manifest, write_parquet_atomic
+from fmnist.jobenv import record_job
+from fmnist.plots import plot_confusion_matrix
 
 NUM_CLASSES = len(CLASS_NAMES)
 
@@ -152,8 +158,6 @@ def confusion_frame(evaluation: Evaluation) -> pd.DataFrame:
 
 def write_evaluation(evaluation: Evaluation, run: Path | str) -> dict[str, Path]:
     """Write the metrics and confusion Parquet files and the heatmap into ``run``."""
-    from fmnist.plots import plot_confusion_matrix
-
     layout = RunLayout(Path(run))
     model, variant = evaluation.model, evaluation.variant
     paths = {
@@ -206,3 +210,71 @@ def evaluate_model(
     )
     write_evaluation(evaluation, run)
     return evaluation
+
+
+@dataclass(frozen=True)
+class EvaluateRequest:
+    """One ``fmnist-batch evaluate``: which model and variant, on how many test images."""
+
+    run: str
+    model: str
+    variant: str = "keras-predict"
+    limit: int | None = None
+    data_dir: str | None = None
+    skip_unsupported: bool = False  # a variant this CPU cannot run is noted, not an error
+
+
+def run_evaluation(request: EvaluateRequest) -> str:
+    """Evaluate as ``request`` asks, in the process its variant needs; the summary text.
+
+    The keras-onednn-* variants need ``TF_ENABLE_ONEDNN_OPTS`` set before TensorFlow's
+    import: this process when it can still be set, else a fresh interpreter started
+    with it (``python -m fmnist.evaluate``), whose summary is returned.
+    """
+    check_variant(request.variant)
+    if not prepare_process(request.variant):
+        # TensorFlow is already loaded here with the other oneDNN setting.
+        result = run_with_setting(
+            ["-m", "fmnist.evaluate", json.dumps(asdict(request))],
+            required_env(request.variant),
+            capture_output=True,
+            text=True,
+        )
+        sys.stderr.write(result.stderr)
+        if result.returncode:
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            raise FmnistError(lines[-1].removeprefix("error: ") if lines else "evaluation failed")
+        return result.stdout
+    try:
+        evaluation = evaluate_model(
+            request.run,
+            request.model,
+            request.variant,
+            limit=request.limit,
+            data_dir=request.data_dir,
+        )
+    except VariantUnsupported as exc:
+        if not request.skip_unsupported:
+            raise
+        record_skipped_evaluation(request.run, request.model, request.variant, str(exc))
+        record_job(request.run, f"evaluate {request.model} {request.variant} (skipped)")
+        return f"skipped {request.model} ({request.variant}): {exc}\n"
+    record_job(request.run, f"evaluate {request.model} {request.variant}")
+    return (
+        f"{request.model} ({request.variant}, executed {evaluation.executed_precision}) "
+        f"on {evaluation.images} test images\n" + classification_report(evaluation) + "\n"
+    )
+
+
+def _main(argv: list[str]) -> int:
+    """Entry of the fresh interpreter :func:`run_evaluation` starts."""
+    try:
+        sys.stdout.write(run_evaluation(EvaluateRequest(**json.loads(argv[0]))))
+    except FmnistError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -28,6 +28,21 @@ class FmnistError(Exception):
     """An error the user can act on; the CLI prints it on one line and exits non-zero."""
 
 
+OUTPUTS = Path("outputs")
+DEFAULT_PROFILE = "quick"
+
+
+def default_run_dir(profile: str | None = None) -> Path:
+    """The run directory when none is given: ``FMNIST_RUN``, else ``outputs/<profile>``.
+
+    Every command that takes a run directory (train, evaluate, run, step, submit, ...)
+    uses this one rule, so a job script, ``run`` and a hand-typed command agree.
+    """
+    if os.environ.get("FMNIST_RUN"):
+        return Path(os.environ["FMNIST_RUN"])
+    return OUTPUTS / (profile or DEFAULT_PROFILE)
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Paths inside one run directory (see DESIGN.md, 'Run directory')."""
@@ -129,26 +144,52 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise FmnistError(f"{path}: invalid TOML ({exc})") from exc
 
 
-def sha256_file(path: Path | str, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file's bytes."""
+def sha256_files(*paths: Path | str, chunk_size: int = 1 << 20) -> str:
+    """SHA-256 hex digest of the files' bytes, read one after the other."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
+    for path in paths:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(chunk_size):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
+def sha256_file(path: Path | str) -> str:
+    """SHA-256 hex digest of one file's bytes."""
+    return sha256_files(path)
+
+
+class LockBusy(FmnistError):
+    """Another process holds the lock and the caller asked not to wait."""
+
+
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # Several steps of one run (parallel local jobs, scheduler jobs on a shared
-    # file system) update the same manifest: serialise them with an advisory lock.
+def file_lock(path: Path | str, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (a ``.<name>.lock`` file beside it).
+
+    Several processes of one run (parallel local jobs, scheduler jobs on a shared file
+    system) write the same files; this serialises them. ``wait=False`` raises
+    :class:`LockBusy` at once instead of waiting for the holder.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError as exc:
+            raise LockBusy(f"{path}: locked by another process") from exc
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def enclosing_run(path: Path | str) -> Path | None:
+    """The run directory ``path`` lies in (the nearest ancestor with a manifest), if any."""
+    for candidate in [Path(path), *Path(path).resolve().parents]:
+        if RunLayout(candidate).manifest.is_file():
+            return candidate
+    return None
 
 
 def read_manifest(run: Path | str) -> dict[str, Any]:
@@ -165,7 +206,7 @@ def read_manifest(run: Path | str) -> dict[str, Any]:
 def update_manifest(run: Path | str, section: str, key: str | None, value: Any) -> dict[str, Any]:
     """Set ``manifest[section][key] = value`` (or ``manifest[section] = value``) under a lock."""
     path = RunLayout(Path(run)).manifest
-    with _locked(path):
+    with file_lock(path):
         manifest = read_manifest(run)
         if key is None:
             manifest[section] = value

@@ -9,6 +9,10 @@ use it to say which job produced what, on which node type, for which array index
 ``FMNIST_NODE_TYPE`` (set by ``fmnist-batch submit`` for each job) names the node type
 when the scheduler does not tell; ``FMNIST_ARRAY_INDEX`` is the array index outside a
 scheduler (the local executor sets it for each element of an array step).
+
+This module owns the array-index rule: a scheduler's index minus ``FMNIST_ARRAY_BASE``
+(default 0; set 1 for arrays submitted as 1..N), the local executor's index as it is.
+Sharded scoring and ``fmnist-batch step`` both read it here.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
-from fmnist.io import FmnistError
+from fmnist.io import FmnistError, update_manifest, write_json_atomic
+from fmnist.system import git_revision, machine_info
 
 DEFAULT_NODE_TYPE = "local"
 KNOWN_NODE_TYPES = ("skl", "clx", "icx", "spr", "local")
@@ -48,13 +56,18 @@ class JobEnvironment:
         return asdict(self)
 
 
-def _index(value: str | None, name: str) -> int | None:
+ARRAY_BASE_VARIABLE = "FMNIST_ARRAY_BASE"
+
+
+def _index(value: str | None, name: str, base: str = "0") -> int | None:
     if value in (None, ""):
         return None
     try:
-        return int(value)
+        return int(value) - int(base)
     except ValueError as exc:
-        raise FmnistError(f"{name}={value!r}: an array index must be an integer") from exc
+        raise FmnistError(
+            f"{name}={value!r} ({ARRAY_BASE_VARIABLE}={base!r}): an array index must be an integer"
+        ) from exc
 
 
 def _node_type_from_constraint(constraint: str | None, known: tuple[str, ...]) -> str | None:
@@ -90,13 +103,19 @@ def parse_job_environment(
     host = host or socket.gethostname()
     pid = os.getpid() if pid is None else pid
     scheduler = scheduler_of(env)
+    # Schedulers number array elements as submitted; the local executor always from 0.
+    base = env.get(ARRAY_BASE_VARIABLE) or "0"
+    # The element our own executor (``run``, or ``step`` walking an array's elements in a
+    # plain job) started: the most specific index there is.
+    element = _index(env.get("FMNIST_ARRAY_INDEX"), "FMNIST_ARRAY_INDEX")
     task_id = env.get("FMNIST_TASK_ID") or None
     node_type = env.get("FMNIST_NODE_TYPE") or None
     array_job_id = None
     if scheduler == "slurm":
         job_id = env["SLURM_JOB_ID"]
-        array_index = _index(env.get("SLURM_ARRAY_TASK_ID"), "SLURM_ARRAY_TASK_ID")
-        array_job_id = env.get("SLURM_ARRAY_JOB_ID") if array_index is not None else None
+        scheduler_index = _index(env.get("SLURM_ARRAY_TASK_ID"), "SLURM_ARRAY_TASK_ID", base)
+        array_job_id = env.get("SLURM_ARRAY_JOB_ID") if scheduler_index is not None else None
+        array_index = element if element is not None else scheduler_index
         job_name = env.get("SLURM_JOB_NAME")
         submit_dir = env.get("SLURM_SUBMIT_DIR")
         node_type = (
@@ -106,14 +125,15 @@ def parse_job_environment(
     elif scheduler in ("torque", "pbspro"):
         job_id = env["PBS_JOBID"]
         name = "PBS_ARRAYID" if scheduler == "torque" else "PBS_ARRAY_INDEX"
-        array_index = _index(env.get(name), name)
-        if array_index is not None:
+        scheduler_index = _index(env.get(name), name, base)
+        if scheduler_index is not None:
             # Element 123[4].server belongs to array 123[].server.
             array_job_id = re.sub(r"\[\d+\]", "[]", job_id)
+        array_index = element if element is not None else scheduler_index
         job_name = env.get("PBS_JOBNAME")
         submit_dir = env.get("PBS_O_WORKDIR")
     else:
-        array_index = _index(env.get("FMNIST_ARRAY_INDEX"), "FMNIST_ARRAY_INDEX")
+        array_index = element
         job_name = task_id
         submit_dir = None
         if task_id:
@@ -146,6 +166,45 @@ def current() -> JobEnvironment:
     return parse_job_environment(os.environ, known_node_types=known)
 
 
-def array_index() -> int | None:
-    """This process's array index (Torque, PBS Pro, Slurm or the local executor), if any."""
-    return current().array_index
+def require_array_index(env: Mapping[str, str]) -> int:
+    """The 0-based array index of the job ``env`` describes; an error outside an array job."""
+    index = parse_job_environment(env, host="-", pid=0).array_index
+    if index is None:
+        raise FmnistError(
+            "--shard auto/N needs an array index (PBS_ARRAYID, PBS_ARRAY_INDEX, "
+            "SLURM_ARRAY_TASK_ID or FMNIST_ARRAY_INDEX): run it as an array job, "
+            "or give --shard I/N"
+        )
+    return index
+
+
+def record_job(run: Path | str, command: str) -> None:
+    """Record in the run's manifest which job ran ``command`` there, where and when.
+
+    Every job that writes into a run calls this once at its end (train, optimize,
+    evaluate, benchmark, score, verify, report): ``manifest["jobs"]`` then says which
+    scheduler job (or local task) produced what, on which node type and host, and
+    ``manifest["machine"]`` describes each host with its libraries and code revision.
+    """
+    job = current()
+    info = machine_info().to_dict()
+    info["git_revision"] = git_revision()
+    update_manifest(run, "machine", info["host"], info)
+    key = job.safe_job_id + (f".{job.array_index}" if job.array_index is not None else "")
+    record = {
+        **job.to_dict(),
+        "command": command,
+        "argv": sys.argv[1:],
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    update_manifest(run, "jobs", key, record)
+
+
+def save_job_environment(job: JobEnvironment, directory: Path | str) -> Path:
+    """Write ``job`` as JSON to ``DIR/<task>[.<array index>].json`` (or ``<job id>``)."""
+    stem = (job.task_id or job.safe_job_id).replace(":", "__")
+    if job.array_index is not None:
+        stem += f".{job.array_index}"
+    path = Path(directory) / f"{stem}.json"
+    write_json_atomic(path, job.to_dict())
+    return path

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from fmnist.io import FmnistError, read_toml
+from fmnist.resources import node_type_catalog
 
 FLAVORS = ("torque", "pbspro", "slurm")
-DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "jobs" / "node_types.toml"
 
 
 @dataclass(frozen=True)
@@ -25,14 +24,9 @@ class NodeType:
         return self.requests[flavor]
 
 
-def catalog_path() -> Path:
-    """The catalog in use: ``FMNIST_NODE_TYPES`` or the project's ``jobs/node_types.toml``."""
-    return Path(os.environ.get("FMNIST_NODE_TYPES", DEFAULT_CATALOG))
-
-
 def load_node_types(path: Path | str | None = None) -> dict[str, NodeType]:
     """Parse and check the node-type catalog: every entry names a request for every flavor."""
-    path = Path(path) if path else catalog_path()
+    path = Path(path) if path else node_type_catalog()
     raw = read_toml(path, "node-type catalog")
     types = {}
     for name, body in raw.get("node_types", {}).items():
@@ -66,6 +60,6 @@ def parse_node_type_list(text: str, catalog: dict[str, NodeType]) -> list[str]:
     if unknown:
         raise FmnistError(
             f"unknown node type(s) {', '.join(unknown)}; known: {', '.join(catalog)} "
-            f"(add one to {catalog_path()})"
+            f"(add one to {node_type_catalog()})"
         )
     return list(dict.fromkeys(names))

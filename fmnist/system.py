@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import resource
 import socket
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -93,3 +94,26 @@ def git_revision(directory: Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far.
+
+    psutil has no peak figure on Linux, so it is Linux's VmHWM, which belongs to this
+    program alone; ``ru_maxrss`` (the fallback elsewhere) also keeps the peak of the
+    parent the process was forked from before it started this program.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux

@@ -30,8 +30,7 @@ from fmnist.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from fmnist.jobenv import current as current_job
-from fmnist.system import git_revision, machine_info
+from fmnist.jobenv import record_job
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 
@@ -350,7 +349,6 @@ def train_model(
         resumed_from_epoch=start_epoch,
         best_epoch=best.get("epoch"),
     )
-    record_environment(layout.root)
     update_manifest(
         layout.root,
         "models",
@@ -367,6 +365,7 @@ def train_model(
             "resumed_from_epoch": start_epoch,
         },
     )
+    record_job(layout.root, f"train {config.model}")
     if start_epoch < config.epochs:
         shutil.rmtree(checkpoint, ignore_errors=True)
     # Else this call only wrote out a run stopped early (--epochs <= epochs done): the
@@ -374,11 +373,12 @@ def train_model(
     return result
 
 
-def record_environment(run: Path | str) -> None:
-    """Record this machine, its libraries and the code revision in the run manifest."""
-    info = machine_info().to_dict()
-    info["git_revision"] = git_revision()
-    update_manifest(run, "machine", info["host"], info)
-    # Which scheduler job (or local task) wrote into this run, on which node type.
-    job = current_job()
-    update_manifest(run, "jobs", job.safe_job_id, job.to_dict())
+def train_summary(model: str, result: TrainResult) -> str:
+    """One line on a finished run: epochs, wall time, and the kept epoch's validation accuracy."""
+    line = f"trained {model}: {len(result.history)} epochs in {result.wall_seconds:.1f}s"
+    if len(result.history):
+        # A best-epoch recipe keeps an earlier epoch: report the weights that were saved.
+        kept_epoch = result.best_epoch or int(result.history["epoch"].iloc[-1])
+        kept = result.history.loc[result.history["epoch"] == kept_epoch].iloc[-1]
+        line += f", kept epoch {kept_epoch} (val_accuracy {kept['val_accuracy']:.4f})"
+    return f"{line} -> {result.model_path}"

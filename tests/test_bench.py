@@ -14,25 +14,17 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from fmnist.bench import (
-    COLUMNS,
-    BenchConfig,
-    current_job_id,
-    latency_stats,
-    parse_batch_sizes,
-    parse_variants,
-    process_groups,
-    summary_table,
-    time_calls,
-    timings_frame,
-    write_timings,
-)
+from fmnist.bench.config import BenchConfig, parse_batch_sizes, parse_variants
+from fmnist.bench.latency import latency_stats, time_calls
+from fmnist.bench.summary import summary_table
+from fmnist.bench.timings import COLUMNS, current_job_id, timings_frame, write_timings
+from fmnist.bench.workers import process_groups
+from fmnist.bench.yardstick import parse_benchmark_app
 from fmnist.cli import main
+from fmnist.engines.openvino import cpu_capabilities
+from fmnist.engines.optimize import OptimizeConfig, optimize_model
 from fmnist.io import FmnistError, RunLayout
 from fmnist.jobenv import parse_job_environment
-from fmnist.openvino_engines import cpu_capabilities
-from fmnist.optimize import OptimizeConfig, optimize_model
-from fmnist.yardstick import parse_benchmark_app
 
 BENCHMARK_APP_REPORT = """
 [Step 11/11] Dumping statistics report
@@ -168,7 +160,7 @@ PROBE = textwrap.dedent(
     """
     import json
     from fmnist.engines import create_engine
-    from fmnist.onednn import onednn_in_effect
+    from fmnist.engines.keras import onednn_in_effect
     report = {"in_effect": onednn_in_effect()}
     try:
         create_engine(RUN, "backup1", "keras-onednn-on")

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from fmnist.cli import main, train_summary
+from fmnist.cli import main
 from fmnist.io import RunLayout, sha256_file
 
 
@@ -86,7 +86,7 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path):
 
 
 def test_train_summary_reports_the_kept_epoch_not_the_last():
-    from fmnist.train import TrainResult
+    from fmnist.train import TrainResult, train_summary
 
     history = pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.90, 0.95, 0.93]})
     kept_best = TrainResult("m.keras", history, 12.0, "0" * 64, best_epoch=2)

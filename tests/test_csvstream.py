@@ -8,7 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from fmnist.csvstream import (
+from fmnist.data import CSV_HEADER, PIXELS
+from fmnist.io import FmnistError
+from fmnist.scoring.csv_input import (
     Block,
     count_data_rows,
     in_gzip_shard,
@@ -20,10 +22,8 @@ from fmnist.csvstream import (
     rows_in_range,
     shard_bounds,
 )
-from fmnist.csvstream import byte_range as shard_range
-from fmnist.csvstream import check_row as check
-from fmnist.data import CSV_HEADER, PIXELS
-from fmnist.io import FmnistError
+from fmnist.scoring.csv_input import byte_range as shard_range
+from fmnist.scoring.csv_input import check_row as check
 
 ROWS = 120
 

@@ -11,10 +11,11 @@ from click.testing import CliRunner
 
 from fmnist.cli import main
 from fmnist.data import to_model_input
-from fmnist.engines import create_engine, load_keras_model, predict_in_batches
+from fmnist.engines import create_engine, predict_in_batches
+from fmnist.engines.keras import load_keras_model
+from fmnist.engines.openvino import VariantUnsupported, cpu_capabilities
+from fmnist.engines.optimize import OptimizeConfig, optimize_model, quantization_data
 from fmnist.io import FmnistError, RunLayout, read_manifest, sha256_file
-from fmnist.openvino_engines import VariantUnsupported, cpu_capabilities
-from fmnist.optimize import OptimizeConfig, optimize_model, quantization_data
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from fmnist.cli import main
 from fmnist.io import FmnistError
-from fmnist.pipeline import expand, load_pipeline, run_local
+from fmnist.pipeline.executor import run_local
+from fmnist.pipeline.spec import expand, load_pipeline
 
 SPEC = """
 [profiles.small]

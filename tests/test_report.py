@@ -203,7 +203,7 @@ def test_several_runs_need_out(tmp_path):
 
 
 def test_report_step_closes_the_pipeline():
-    from fmnist.pipeline import load_pipeline
+    from fmnist.pipeline.spec import load_pipeline
 
     steps = load_pipeline().steps
     assert steps[-1].name == "report"

@@ -7,7 +7,7 @@ import pytest
 
 from fmnist.architectures import create_model
 from fmnist.data import to_model_input
-from fmnist.rewrite import dense_heads_as_convolutions
+from fmnist.engines.rewrite import dense_heads_as_convolutions
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,7 @@ from click.testing import CliRunner
 from fmnist.cli import main
 from fmnist.io import FmnistError
 from fmnist.nodetypes import FLAVORS, load_node_types, parse_node_type_list
-from fmnist.pipeline import load_pipeline
-from fmnist.scheduler import (
+from fmnist.pipeline.scheduler import (
     BLOCKED,
     CANCELLED,
     COMPLETED,
@@ -39,8 +38,9 @@ from fmnist.scheduler import (
     parse_scontrol_jobs,
     submit_command,
 )
-from fmnist.step import select_tasks
-from fmnist.submit import task_statuses
+from fmnist.pipeline.spec import load_pipeline
+from fmnist.pipeline.step import select_tasks
+from fmnist.pipeline.submit import task_statuses
 
 PROJECT = Path(__file__).resolve().parent.parent
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from fmnist.scheduler import ACTIVE, COMPLETED, cancel_jobs, query_states
-from fmnist.submit import read_record, run_status
+from fmnist.pipeline.scheduler import ACTIVE, COMPLETED, cancel_jobs, query_states
+from fmnist.pipeline.submit import read_record, run_status
 
 PROJECT = Path(__file__).resolve().parent.parent
 FMNIST = [sys.executable, "-m", "fmnist"]

@@ -21,9 +21,9 @@ from fmnist.cli import main
 from fmnist.data import CLASS_NAMES, CSV_HEADER, to_model_input
 from fmnist.engines import create_engine
 from fmnist.io import FmnistError, RunLayout, write_parquet_atomic
-from fmnist.score import (
+from fmnist.jobenv import require_array_index
+from fmnist.scoring.score import (
     ScoreConfig,
-    array_index,
     default_out_dir,
     default_variant,
     model_batches,
@@ -31,8 +31,8 @@ from fmnist.score import (
     prefetched,
     score_shards,
 )
-from fmnist.shardfiles import BufferedWriter, marker_name, part_name, rejects_name
-from fmnist.verify import merge_parts, verify_predictions
+from fmnist.scoring.shards import BufferedWriter, marker_name, part_name, rejects_name
+from fmnist.scoring.verify import merge_parts, verify_predictions
 
 ROWS = 300
 MODEL = "backup1"
@@ -293,12 +293,15 @@ def test_shard_option_and_array_index():
     assert parse_shard_option(None, workers=3) == ([0, 1, 2], 3)
     assert parse_shard_option("2/5") == ([2], 5)
     assert parse_shard_option("all/4") == ([0, 1, 2, 3], 4)
-    assert parse_shard_option("auto/4", environ={"SLURM_ARRAY_TASK_ID": "3"}) == ([3], 4)
-    assert parse_shard_option("auto/4", environ={"PBS_ARRAYID": "0"}) == ([0], 4)
-    assert parse_shard_option("auto/4", environ={"PBS_ARRAY_INDEX": "2"}) == ([2], 4)
-    one_based = {"PBS_ARRAY_INDEX": "4", "FMNIST_ARRAY_BASE": "1"}
+    slurm = {"SLURM_JOB_ID": "8", "SLURM_ARRAY_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "3"}
+    assert parse_shard_option("auto/4", environ=slurm) == ([3], 4)
+    torque = {"PBS_JOBID": "12[0].trqhost", "PBS_ARRAYID": "0"}
+    assert parse_shard_option("auto/4", environ=torque) == ([0], 4)
+    pbspro = {"PBS_JOBID": "13[2].pbshost", "PBS_ARRAY_INDEX": "2"}
+    assert parse_shard_option("auto/4", environ=pbspro) == ([2], 4)
+    one_based = {"PBS_JOBID": "13[4].pbshost", "PBS_ARRAY_INDEX": "4", "FMNIST_ARRAY_BASE": "1"}
     assert parse_shard_option("auto/4", environ=one_based) == ([3], 4)
-    assert array_index({"FMNIST_ARRAY_INDEX": "1"}) == 1
+    assert require_array_index({"FMNIST_ARRAY_INDEX": "1"}) == 1
     for text, message in (
         ("4/4", "must be in 0-3"),
         ("x/4", "expected I/N"),
@@ -308,7 +311,7 @@ def test_shard_option_and_array_index():
         with pytest.raises(FmnistError, match=message):
             parse_shard_option(text)
     with pytest.raises(FmnistError, match="outside 0-3 .* FMNIST_ARRAY_BASE=1"):
-        parse_shard_option("auto/4", environ={"SLURM_ARRAY_TASK_ID": "4"})
+        parse_shard_option("auto/4", environ={**slurm, "SLURM_ARRAY_TASK_ID": "4"})
     with pytest.raises(FmnistError, match="needs an array index"):
         parse_shard_option("auto/4", environ={})
 
@@ -331,7 +334,8 @@ def test_cli_score_shards_then_verify_and_merge(tmp_path, trained_run, sample_cs
     unfinished = runner.invoke(main, ["verify", str(out)])
     assert unfinished.exit_code == 1
     assert "shard 1/2 is not finished" in unfinished.output
-    result = runner.invoke(main, [*common, "--shard", "auto/2"], env={"SLURM_ARRAY_TASK_ID": "1"})
+    slurm = {"SLURM_JOB_ID": "9", "SLURM_ARRAY_JOB_ID": "8", "SLURM_ARRAY_TASK_ID": "1"}
+    result = runner.invoke(main, [*common, "--shard", "auto/2"], env=slurm)
     assert result.exit_code == 0 and "shard 1/2 scored" in result.stdout, result.output
     merged = tmp_path / "all.parquet"
     result = runner.invoke(main, ["verify", str(out), "--merge", str(merged)])

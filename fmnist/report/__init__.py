@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fmnist.io import FmnistError, RunLayout, atomic_path, write_text_atomic
+from fmnist.jobenv import record_job
 from fmnist.report.document import TITLE, build_document
 from fmnist.report.figures import FIGURE_KINDS, draw_figures
 from fmnist.report.render import Table, gap_footnotes, to_html, to_markdown
@@ -78,6 +79,8 @@ def build_report(
     write_text_atomic(html_path, to_html(blocks, out, TITLE))
     gaps = sum(len(gap_footnotes(b)[1]) for b in blocks if isinstance(b, Table))
     progress(f"wrote {html_path}")
+    if len(runs) == 1:
+        record_job(runs[0], "report")
     return ReportFiles(
         markdown=markdown_path,
         html=html_path,

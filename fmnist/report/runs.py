@@ -10,8 +10,6 @@ column and field names are mapped onto one canonical set.
 from __future__ import annotations
 
 import io
-import json
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from fmnist.io import FmnistError, RunLayout, read_manifest
+from fmnist.scoring.shards import ShardMarker, parse_shard_file, part_name
 
 # Canonical timings columns and the names other versions of the benchmark may use.
 TIMING_ALIASES: dict[str, tuple[str, ...]] = {
@@ -57,16 +56,15 @@ TIMING_NUMBERS = (
     "mean_ms",
     "images_per_second",
 )
-# Marker fields of a scoring part and their aliases.
-MARKER_ALIASES: dict[str, tuple[str, ...]] = {
-    "rows_read": ("rows_read", "read", "rows", "input_rows", "rows_in"),
-    "rows_predicted": ("rows_predicted", "predicted", "rows_written", "rows_out", "scored"),
-    "rows_rejected": ("rows_rejected", "rejected", "rejects"),
-    "seconds": ("seconds", "elapsed_seconds", "wall_seconds", "duration_seconds", "elapsed"),
-    "variant": ("variant",),
-    "peak_rss_bytes": ("peak_rss_bytes", "max_rss_bytes"),
+# What the report shows of each shard's success marker, and the marker field it comes from.
+MARKER_COLUMNS = {
+    "rows_read": "rows_read",
+    "rows_predicted": "predicted",
+    "rows_rejected": "rejected",
+    "seconds": "seconds",
+    "variant": "variant",
+    "peak_rss_bytes": "peak_rss_bytes",
 }
-PART_NAME = re.compile(r"part-(\d+)-of-(\d+)")
 
 
 @dataclass
@@ -280,45 +278,32 @@ def _read_timings(layout: RunLayout, problems: list[str]) -> pd.DataFrame:
     return frame
 
 
-def _marker_fields(data: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for canonical, aliases in MARKER_ALIASES.items():
-        out[canonical] = next((data[a] for a in aliases if a in data), None)
-    return out
-
-
 def _read_scoring(layout: RunLayout, problems: list[str]) -> pd.DataFrame:
     """One row per prediction part (or marker): input, model, part index, marker figures."""
     rows = []
     for model_dir in sorted(p for p in layout.predictions_dir.glob("*/*") if p.is_dir()):
-        parts: dict[str, dict[str, Path]] = {}
-        for path in sorted(model_dir.iterdir()):
-            match = PART_NAME.search(path.name)
-            # Temporary files (".name.tmp") and reject files are not parts or markers.
-            if not match or path.name.startswith(".") or "reject" in path.name:
-                continue
-            if path.name.endswith(".tmp"):
-                continue
-            slot = parts.setdefault(match.group(0), {})
-            slot["parquet" if path.suffix == ".parquet" else "marker"] = path
-        for name, files in sorted(parts.items()):
-            index, total = (int(g) for g in PART_NAME.match(name).groups())
+        shards: dict[tuple[int, int], set[str]] = {}
+        for path in model_dir.iterdir():
+            shard = parse_shard_file(path.name)  # temporary files and strays do not parse
+            if shard and shard[0] != "rejects":
+                shards.setdefault(shard[1:], set()).add(shard[0])
+        for (index, total), kinds in sorted(shards.items()):
             row: dict[str, Any] = {
                 "input": model_dir.parent.name,
                 "model": model_dir.name,
-                "part": name,
+                "part": part_name(index, total).removesuffix(".parquet"),
                 "part_index": index,
                 "part_total": total,
-                "has_parquet": "parquet" in files,
-                "has_marker": "marker" in files,
+                "has_parquet": "part" in kinds,
+                "has_marker": "marker" in kinds,
+                **dict.fromkeys(MARKER_COLUMNS),
             }
-            row.update(_marker_fields({}))
-            if "marker" in files:
+            if "marker" in kinds:
                 try:
-                    data = json.loads(files["marker"].read_text() or "{}")
-                    row.update(_marker_fields(data if isinstance(data, dict) else {}))
-                except (OSError, json.JSONDecodeError) as exc:
-                    problems.append(f"{_relative(layout, files['marker'])}: unreadable ({exc})")
+                    marker = ShardMarker.read(ShardMarker.path(model_dir, index, total))
+                    row.update({c: getattr(marker, f) for c, f in MARKER_COLUMNS.items()})
+                except FmnistError as exc:
+                    problems.append(f"{_relative(layout, model_dir)}: {exc}")
                     row["has_marker"] = False
             rows.append(row)
     columns = [
@@ -329,7 +314,7 @@ def _read_scoring(layout: RunLayout, problems: list[str]) -> pd.DataFrame:
         "part_total",
         "has_parquet",
         "has_marker",
-        *MARKER_ALIASES,
+        *MARKER_COLUMNS,
     ]
     return pd.DataFrame(rows, columns=columns)
 

@@ -10,14 +10,13 @@ a fanned-out step to run comes from the task id (``train:main``) or from
 
 from __future__ import annotations
 
-import shlex
-import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fmnist.io import FmnistError
-from fmnist.pipeline import Pipeline, Task, array_size, cli_command, expand
+from fmnist.io import FmnistError, default_run_dir
+from fmnist.pipeline.executor import run_job_tasks
+from fmnist.pipeline.spec import Pipeline, Task, env_name, expand, load_pipeline, scalar_overrides
 
 
 @dataclass(frozen=True)
@@ -27,27 +26,6 @@ class StepSelection:
     step: str
     pins: dict[str, str]  # placeholder -> value (model -> main)
     scalars: dict[str, str]  # profile scalar -> value (shards -> 8)
-
-
-def env_name(key: str) -> str:
-    """The variable that sets a placeholder or profile value: ``FMNIST_NODE_TYPE``."""
-    return "FMNIST_" + key.upper()
-
-
-def scalar_overrides(
-    pipeline: Pipeline, profile_name: str, environ: Mapping[str, str]
-) -> dict[str, str]:
-    """Profile scalars set by ``FMNIST_<NAME>`` variables (``FMNIST_SHARDS=8``).
-
-    ``run``, ``submit`` and every job read them the same way, so an array job's size and
-    the shard count its elements see always agree.
-    """
-    profile = pipeline.profile(profile_name)
-    return {
-        key: environ[env_name(key)]
-        for key, value in profile.values.items()
-        if not isinstance(value, list) and environ.get(env_name(key))
-    }
 
 
 def select(
@@ -92,44 +70,15 @@ def select_tasks(
     return tasks
 
 
-def _element_indices(task: Task, index_in_job: int | None) -> list[int | None]:
-    size = array_size(task)
-    if size is None:
-        return [None]
-    if index_in_job is not None:
-        # One element of an array job: the scheduler chose the index.
-        if not 0 <= index_in_job < size:
-            raise FmnistError(f"{task.id}: array index {index_in_job} outside 0..{size - 1}")
-        return [index_in_job]
-    return list(range(size))  # outside an array job: every element in turn, like `run`
-
-
-def run_tasks(
-    tasks: list[Task],
+def run_step(
+    selector: str,
+    run: Path | str | None,
+    profile: str,
     environ: Mapping[str, str],
     force: bool = False,
     progress: Callable[[str], None] = print,
 ) -> None:
-    """Run each task's command in turn, output inherited (it lands in the job's log).
-
-    A task whose outputs are complete is skipped unless ``force``; the first failure
-    stops with an error naming the task and its exit status.
-    """
-    from fmnist.jobenv import parse_job_environment
-
-    index_in_job = parse_job_environment(environ).array_index
-    for task in tasks:
-        if not force and task.complete():
-            progress(f"[skip]    {task.id} (outputs complete)")
-            continue
-        for index in _element_indices(task, index_in_job):
-            env = {**environ, "FMNIST_TASK_ID": task.id}
-            label = task.id
-            if index is not None:
-                env["FMNIST_ARRAY_INDEX"] = str(index)
-                label += f"[{index}]"
-            progress(f"[start]   {label}: fmnist-batch {shlex.join(task.args)}")
-            result = subprocess.run(cli_command(task.args), env=env)
-            if result.returncode != 0:
-                raise FmnistError(f"{label} failed with exit status {result.returncode}")
-            progress(f"[done]    {label}")
+    """``fmnist-batch step``: run the task(s) ``selector`` and the environment pick."""
+    run = run or default_run_dir(profile)
+    tasks = select_tasks(load_pipeline(), profile, run, selector, environ)
+    run_job_tasks(tasks, environ, force=force, progress=progress)

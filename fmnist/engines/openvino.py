@@ -18,13 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist.engines import EngineInfo, register_engine
+from fmnist.engines.registry import (
+    VARIANT_ARTIFACT,
+    EngineInfo,
+    register_engine,
+    variant_artifact,
+)
 from fmnist.io import FmnistError, RunLayout
 
 INPUT_SHAPE = (28, 28, 1)
-# Execution precision of each variant, and the IR it reads.
+# Execution precision asked of the plugin for each variant (the IR each reads is the
+# registry's variant_artifact; an int8 IR runs its quantized layers in int8).
 VARIANT_PRECISION = {"openvino-f32": "f32", "openvino-bf16": "bf16", "openvino-int8": "f32"}
-VARIANT_IR = {"openvino-f32": "f32", "openvino-bf16": "f32", "openvino-int8": "int8"}
 PERFORMANCE_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 
 
@@ -184,7 +189,7 @@ class OpenVINOEngine:
                 ),
                 "streams": int(self.compiled.get_property("NUM_STREAMS")),
                 "infer_requests": self.requests,
-                "ir": VARIANT_IR[variant],
+                "ir": VARIANT_ARTIFACT[variant],
                 "batch_1_static": mode == "latency",
             },
         )
@@ -270,7 +275,7 @@ class OpenVINOEngine:
 
 def _factory(variant: str):
     def build(layout: RunLayout, model: str, mode: str) -> OpenVINOEngine:
-        xml = layout.openvino_ir(model, VARIANT_IR[variant])
+        xml = variant_artifact(layout.root, model, variant)
         return OpenVINOEngine(xml, variant, VARIANT_PRECISION[variant], mode)
 
     return build

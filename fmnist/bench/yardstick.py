@@ -14,8 +14,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from fmnist.bench import BenchConfig, failed_row
-from fmnist.io import FmnistError, RunLayout
+from fmnist.bench.config import BenchConfig
+from fmnist.bench.timings import failed_row
+from fmnist.engines import variant_artifact
+from fmnist.io import FmnistError
 
 
 def benchmark_app_path() -> Path:
@@ -81,15 +83,14 @@ def run_benchmark_app(xml: Path, precision: str, mode: str, batch_size: int, sec
 
 def yardstick_rows(config: BenchConfig, rows: list[dict], progress: Callable) -> list[dict]:
     """benchmark_app's figures for every OpenVINO row we measured, beside ours."""
-    from fmnist.openvino_engines import VARIANT_IR, VARIANT_PRECISION
+    from fmnist.engines.openvino import VARIANT_PRECISION
 
-    layout = RunLayout(Path(config.run))
     out = []
     for row in rows:
         variant = row["variant"]
-        if row["status"] != "ok" or variant not in VARIANT_IR:
+        if row["status"] != "ok" or variant not in VARIANT_PRECISION:
             continue
-        xml = layout.openvino_ir(config.model, VARIANT_IR[variant])
+        xml = variant_artifact(config.run, config.model, variant)
         try:
             figures = run_benchmark_app(
                 xml,

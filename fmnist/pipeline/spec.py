@@ -1,25 +1,20 @@
-"""The pipeline DAG declared in ``jobs/pipeline.toml``, expanded into tasks and run locally.
+"""The pipeline DAG declared in ``jobs/pipeline.toml``, expanded into concrete tasks.
 
-One declaration serves both executors: ``fmnist-batch run`` executes the tasks on this
-machine (independent tasks in parallel with joblib), ``fmnist-batch submit`` hands the
-same tasks to a batch scheduler.
+One declaration serves every executor: ``fmnist-batch run`` executes the tasks on this
+machine (:mod:`fmnist.pipeline.executor`), ``fmnist-batch submit`` hands the same tasks
+to a batch scheduler, whose jobs run them with ``fmnist-batch step``.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import shlex
-import subprocess
-import sys
-import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmnist.io import FmnistError, read_toml
-
-DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "jobs" / "pipeline.toml"
+from fmnist.resources import pipeline_spec
 
 
 @dataclass(frozen=True)
@@ -77,14 +72,9 @@ class Task:
         return bool(self.outputs) and all(path.exists() for path in self.outputs)
 
 
-def spec_path() -> Path:
-    """The pipeline spec in use: ``FMNIST_PIPELINE`` or the project's ``jobs/pipeline.toml``."""
-    return Path(os.environ.get("FMNIST_PIPELINE", DEFAULT_SPEC))
-
-
 def load_pipeline(path: Path | str | None = None) -> Pipeline:
     """Parse and check a pipeline spec."""
-    path = Path(path) if path else spec_path()
+    path = Path(path) if path else pipeline_spec()
     raw = read_toml(path, "pipeline spec")
     steps = tuple(
         Step(
@@ -191,28 +181,12 @@ def expand(
     return tasks
 
 
-@dataclass
-class TaskOutcome:
-    """How one task ended on the local executor."""
-
-    task_id: str
-    status: str  # done | skipped | failed | held
-    seconds: float = 0.0
-    log: Path | None = None
-    returncode: int | None = None
-
-
-def cli_command(args: tuple[str, ...]) -> list[str]:
-    """The process command line that runs ``fmnist-batch ARGS`` with this interpreter."""
-    return [sys.executable, "-m", "fmnist", *args]
-
-
 def array_size(task: Task) -> int | None:
     """Elements of an array task (``resources.array``), None for a plain task.
 
-    On a scheduler an array task is one array job; each element finds its index with
-    ``fmnist.jobenv.array_index()``. The local executor runs the elements in turn with
-    ``FMNIST_ARRAY_INDEX`` set, so both leave the same files.
+    On a scheduler an array task is one array job; each element finds its index in the
+    job environment (:mod:`fmnist.jobenv`). The local executor runs the elements in turn
+    with ``FMNIST_ARRAY_INDEX`` set, so both leave the same files.
     """
     size = task.resources.get("array")
     if size in (None, ""):
@@ -227,84 +201,22 @@ def array_size(task: Task) -> int | None:
     return size
 
 
-def log_path(log_dir: Path, task_id: str, index: int | None = None) -> Path:
-    """Where a task (or one element of an array task) logs: ``logs/train__main.log``."""
-    suffix = "" if index is None else f".{index}"
-    return Path(log_dir) / f"{task_id.replace(':', '__')}{suffix}.log"
+def env_name(key: str) -> str:
+    """The variable that sets a placeholder or profile value: ``FMNIST_NODE_TYPE``."""
+    return "FMNIST_" + key.upper()
 
 
-def _run_task(task: Task, log_dir: Path, env: dict, progress: Callable[[str], None]) -> TaskOutcome:
-    # Announced here, when a worker takes it up, not when it is queued behind others.
-    progress(f"[start]   {task.id}: fmnist-batch {shlex.join(task.args)}")
-    size = array_size(task)
-    indices = [None] if size is None else list(range(size))
-    started = time.perf_counter()
-    for index in indices:
-        log = log_path(log_dir, task.id, index)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        element_env = {**env, "FMNIST_TASK_ID": task.id}
-        if index is not None:
-            element_env["FMNIST_ARRAY_INDEX"] = str(index)
-        with open(log, "w") as handle:
-            handle.write("$ fmnist-batch " + shlex.join(task.args) + "\n")
-            handle.flush()
-            result = subprocess.run(
-                cli_command(task.args), stdout=handle, stderr=subprocess.STDOUT, env=element_env
-            )
-        if result.returncode != 0:
-            break
-    status = "done" if result.returncode == 0 else "failed"
-    return TaskOutcome(task.id, status, time.perf_counter() - started, log, result.returncode)
+def scalar_overrides(
+    pipeline: Pipeline, profile_name: str, environ: Mapping[str, str]
+) -> dict[str, str]:
+    """Profile scalars set by ``FMNIST_<NAME>`` variables (``FMNIST_SHARDS=8``).
 
-
-def run_local(
-    tasks: list[Task],
-    run: Path | str,
-    jobs: int = 1,
-    force: bool = False,
-    progress: Callable[[str], None] = print,
-) -> list[TaskOutcome]:
-    """Execute tasks on this machine in dependency order, ``jobs`` at a time.
-
-    Tasks whose outputs are complete are skipped (unless ``force``); a failed task
-    holds back everything that depends on it while independent tasks go on.
+    ``run``, ``submit`` and every job read them the same way, so an array job's size and
+    the shard count its elements see always agree.
     """
-    from joblib import Parallel, delayed
-
-    log_dir = Path(run) / "logs"
-    env = {**os.environ, "FMNIST_EXECUTOR": "local"}
-    outcomes: dict[str, TaskOutcome] = {}
-    pending = list(tasks)
-    while pending:
-        blocked = [
-            t
-            for t in pending
-            if any(outcomes.get(n) and outcomes[n].status in ("failed", "held") for n in t.needs)
-        ]
-        for task in blocked:
-            outcomes[task.id] = TaskOutcome(task.id, "held")
-            progress(f"[held]    {task.id} (a step it needs failed)")
-        pending = [t for t in pending if t not in blocked]
-        ready = [t for t in pending if all(n in outcomes for n in t.needs)]
-        if not ready:
-            break
-        pending = [t for t in pending if t not in ready]
-        to_run = []
-        for task in ready:
-            if not force and task.complete():
-                outcomes[task.id] = TaskOutcome(task.id, "skipped")
-                progress(f"[skip]    {task.id} (outputs complete)")
-            else:
-                to_run.append(task)
-        # Unordered results: each task is reported as it finishes.
-        results = Parallel(
-            n_jobs=max(1, jobs), backend="threading", return_as="generator_unordered"
-        )(delayed(_run_task)(task, log_dir, env, progress) for task in to_run)
-        for outcome in results:
-            outcomes[outcome.task_id] = outcome
-            tail = "" if outcome.status == "done" else f", see {outcome.log}"
-            progress(
-                f"[{outcome.status}]".ljust(10) + f"{outcome.task_id} "
-                f"({outcome.seconds:.1f}s{tail})"
-            )
-    return [outcomes[t.id] for t in tasks if t.id in outcomes]
+    profile = pipeline.profile(profile_name)
+    return {
+        key: environ[env_name(key)]
+        for key, value in profile.values.items()
+        if not isinstance(value, list) and environ.get(env_name(key))
+    }

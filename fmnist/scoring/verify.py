@@ -8,8 +8,6 @@ with an error that names it. ``merge_parts`` then writes one Parquet file in row
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fmnist.csvstream import (
+from fmnist.io import FmnistError, atomic_path, enclosing_run, sha256_file
+from fmnist.jobenv import record_job
+from fmnist.scoring.csv_input import (
     CsvInput,
     count_data_rows,
     in_gzip_shard,
@@ -27,29 +27,13 @@ from fmnist.csvstream import (
     rows_in_range,
     shard_bounds,
 )
-from fmnist.io import FmnistError, atomic_path, sha256_file
-from fmnist.shardfiles import (
-    MARKER_FORMAT,
+from fmnist.scoring.shards import (
     BufferedWriter,
-    marker_name,
+    ShardMarker,
+    parse_shard_file,
     part_name,
     rejects_name,
 )
-
-SHARD_FILE = re.compile(r"^(part|rejects)-(\d{5})-of-(\d{5})\.(parquet|success\.json)$")
-# Every shard of one directory must agree on these.
-SHARED_KEYS = (
-    "input",
-    "input_fingerprint",
-    "compressed",
-    "has_header",
-    "has_label",
-    "sharding",
-    "model",
-    "variant",
-    "model_sha256",
-)
-PART_METADATA_KEYS = ("model", "variant", "model_sha256", "input_fingerprint")
 
 
 @dataclass(frozen=True)
@@ -62,14 +46,14 @@ class VerifyResult:
     rows: int
     predicted: int
     rejected: int
-    markers: list[dict]
+    markers: list[ShardMarker]
 
 
 def shard_count(directory: Path) -> int:
     """The N of the part-*-of-N files in ``directory``; an error for none or a mix."""
     if not directory.is_dir():
         raise FmnistError(f"{directory}: not a directory")
-    counts = {int(m.group(3)) for p in directory.iterdir() if (m := SHARD_FILE.match(p.name))}
+    counts = {shard[2] for p in directory.iterdir() if (shard := parse_shard_file(p.name))}
     if not counts:
         raise FmnistError(f"{directory}: no part-*-of-*.parquet files (nothing scored here)")
     if len(counts) > 1:
@@ -80,32 +64,27 @@ def shard_count(directory: Path) -> int:
     return counts.pop()
 
 
-def load_markers(directory: Path, count: int) -> list[dict]:
+def load_markers(directory: Path, count: int) -> list[ShardMarker]:
     """Every shard's marker, after checking that its part and rejects files exist."""
-    markers = []
+    markers: list[ShardMarker] = []
     for index in range(count):
-        for name in (marker_name(index, count), part_name(index, count)):
-            if not (directory / name).is_file():
+        path = ShardMarker.path(directory, index, count)
+        for required in (path, directory / part_name(index, count)):
+            if not required.is_file():
                 raise FmnistError(
-                    f"{directory / name}: missing, shard {index}/{count} is not finished "
+                    f"{required}: missing, shard {index}/{count} is not finished "
                     "(run the same score command again)"
                 )
-        path = directory / marker_name(index, count)
-        try:
-            marker = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise FmnistError(f"{path}: not valid JSON ({exc})") from exc
-        if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
-            raise FmnistError(f"{path}: not a success marker of format {MARKER_FORMAT}")
-        if (marker.get("shard"), marker.get("shards")) != (index, count):
+        marker = ShardMarker.read(path)
+        if (marker.shard, marker.shards) != (index, count):
             raise FmnistError(
-                f"{path}: says shard {marker.get('shard')}/{marker.get('shards')}, "
-                f"its name says {index}/{count}"
+                f"{path}: says shard {marker.shard}/{marker.shards}, its name says {index}/{count}"
             )
-        for key in SHARED_KEYS:
-            if markers and marker.get(key) != markers[0].get(key):
+        for key in ShardMarker.SHARED_KEYS:
+            if markers and getattr(marker, key) != getattr(markers[0], key):
                 raise FmnistError(
-                    f"{path}: {key} is {marker.get(key)!r}, shard 0 has {markers[0].get(key)!r}"
+                    f"{path}: {key} is {getattr(marker, key)!r}, "
+                    f"shard 0 has {getattr(markers[0], key)!r}"
                 )
         if not (directory / rejects_name(index, count)).is_file():
             raise FmnistError(f"{directory / rejects_name(index, count)}: missing")
@@ -175,7 +154,7 @@ def check_row_ids(label: str, csv: CsvInput, found: np.ndarray, expected: np.nda
 
 
 def _check_shard(
-    directory: Path, csv: CsvInput, marker: dict, expected: ExpectedShard, count: int
+    directory: Path, csv: CsvInput, marker: ShardMarker, expected: ExpectedShard, count: int
 ) -> None:
     index = expected.index
     part = directory / part_name(index, count)
@@ -183,28 +162,27 @@ def _check_shard(
     label = f"{directory}: shard {index}/{count}"
     predicted_ids, rejected_ids = _row_ids(part), _row_ids(rejects)
     check_row_ids(label, csv, np.concatenate([predicted_ids, rejected_ids]), expected.row_ids())
-    marker_path = directory / marker_name(index, count)
-    for key, actual in (
-        ("rows_read", expected.rows),
-        ("predicted", len(predicted_ids)),
-        ("rejected", len(rejected_ids)),
-        ("byte_start", expected.byte_start),
-        ("byte_end", expected.byte_end),
-        ("first_row_id", expected.first_row),
-    ):
-        if actual is not None and marker.get(key) != actual:
-            raise FmnistError(f"{marker_path}: {key} is {marker.get(key)}, should be {actual}")
-    if marker["predicted"] + marker["rejected"] != marker["rows_read"]:
-        raise FmnistError(f"{marker_path}: predicted + rejected != rows_read")
+    marker_path = ShardMarker.path(directory, index, count)
+    marker.check_counts(
+        marker_path,
+        {
+            "rows_read": expected.rows,
+            "predicted": len(predicted_ids),
+            "rejected": len(rejected_ids),
+            "byte_start": expected.byte_start,
+            "byte_end": expected.byte_end,
+            "first_row_id": expected.first_row,
+        },
+    )
     metadata = {k.decode(): v.decode() for k, v in (pq.read_schema(part).metadata or {}).items()}
-    for key in PART_METADATA_KEYS:
-        if metadata.get(key) != str(marker.get(key)):
+    for key in ShardMarker.PART_METADATA_KEYS:
+        if metadata.get(key) != str(getattr(marker, key)):
             raise FmnistError(
                 f"{part}: file metadata {key} is {metadata.get(key)!r}, "
-                f"the marker says {marker.get(key)!r}"
+                f"the marker says {getattr(marker, key)!r}"
             )
     for path, key in ((part, "part_sha256"), (rejects, "rejects_sha256")):
-        if sha256_file(path) != marker.get(key):
+        if sha256_file(path) != getattr(marker, key):
             raise FmnistError(f"{path}: SHA-256 differs from {key} in {marker_path.name}")
 
 
@@ -222,24 +200,27 @@ def verify_predictions(
     count = shard_count(directory)
     markers = load_markers(directory, count)
     first = markers[0]
-    source = Path(input_path or first["input"])
+    source = Path(input_path or first.input)
     if not source.is_file():
         raise FmnistError(f"{source}: input of {directory} not found (moved? pass --input FILE)")
-    if input_fingerprint(source) != first["input_fingerprint"]:
+    if input_fingerprint(source) != first.input_fingerprint:
         raise FmnistError(f"{source}: input changed since it was scored (fingerprint differs)")
     csv = inspect_csv(source)
     progress(f"counting rows of {source}")
-    expected = expected_shards(csv, count, first.get("block_rows"))
+    expected = expected_shards(csv, count, first.block_rows)
     for marker, shard in zip(markers, expected, strict=True):
         progress(f"checking shard {shard.index}/{count}")
         _check_shard(directory, csv, marker, shard, count)
     rows = sum(shard.rows for shard in expected)
-    predicted = sum(m["predicted"] for m in markers)
-    rejected = sum(m["rejected"] for m in markers)
+    predicted = sum(m.predicted for m in markers)
+    rejected = sum(m.rejected for m in markers)
     if predicted + rejected != rows:
         raise FmnistError(
             f"{directory}: {predicted} predicted + {rejected} rejected != {rows} input rows"
         )
+    run = enclosing_run(directory)
+    if run is not None:
+        record_job(run, f"verify {directory}")
     return VerifyResult(directory, source, count, rows, predicted, rejected, markers)
 
 
@@ -275,7 +256,7 @@ def merge_parts(result: VerifyResult, out: Path | str, row_group_rows: int = 262
     metadata[b"shards"] = str(count).encode()
     schema = schema.with_metadata(metadata)
     cursors = [_PartCursor(path) for path in parts]
-    block_rows = result.markers[0].get("block_rows")
+    block_rows = result.markers[0].block_rows
     if block_rows:  # gzip shards interleave row blocks: take them back in turn
         steps = [(k % count, (k + 1) * block_rows) for k in range(-(-result.rows // block_rows))]
     else:

@@ -1,8 +1,8 @@
 """Batch scoring: a CSV of images to Parquet predictions, in shards that survive kills.
 
-``score_shard`` streams one shard of the input (see :mod:`fmnist.csvstream`) through an
+``score_shard`` streams one shard of the input (see :mod:`fmnist.scoring.csv_input`) through an
 engine in throughput mode and writes the shard's part, rejects and marker files
-(:mod:`fmnist.shardfiles`). Both Parquet files are written to temporary names and
+(:mod:`fmnist.scoring.shards`). Both Parquet files are written to temporary names and
 renamed when complete, the rejects first, then the part; the marker is written last.
 A shard is finished only when its marker exists and agrees with its files, the input
 and the model, so a killed process leaves nothing that looks finished and running the
@@ -12,9 +12,7 @@ same command again redoes exactly the unfinished shards.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import resource
 import socket
 import sys
 import threading
@@ -30,7 +28,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fmnist.csvstream import (
+from fmnist.data import CLASS_NAMES, to_model_input
+from fmnist.engines import available_variants, create_engine, variant_artifact
+from fmnist.engines.optimize import int8_acceptable
+from fmnist.io import FmnistError, RunLayout, atomic_path, sha256_file, sha256_files
+from fmnist.jobenv import record_job, require_array_index
+from fmnist.scoring.csv_input import (
     BLOCK_BYTES,
     GZIP_BLOCK_ROWS,
     Block,
@@ -45,33 +48,21 @@ from fmnist.csvstream import (
     iter_range_blocks,
     parse_block,
 )
-from fmnist.data import CLASS_NAMES, to_model_input
-from fmnist.io import FmnistError, RunLayout, atomic_path, sha256_file, write_json_atomic
-from fmnist.shardfiles import (
-    MARKER_FORMAT,
+from fmnist.scoring.shards import (
     REJECT_SCHEMA,
     BufferedWriter,
+    ShardMarker,
     clean_stale_temporaries,
-    marker_name,
     part_name,
     prediction_schema,
     predictions_table,
-    read_marker,
     rejects_name,
     rejects_table,
     shard_finished,
     shard_lock,
 )
+from fmnist.system import peak_rss_bytes, rss_bytes
 
-# The local executor's index for the array element it starts (most specific), then
-# Torque, PBS Pro and Slurm.
-ARRAY_INDEX_VARIABLES = (
-    "FMNIST_ARRAY_INDEX",
-    "PBS_ARRAYID",
-    "PBS_ARRAY_INDEX",
-    "SLURM_ARRAY_TASK_ID",
-)
-INT8_TOLERANCE = 0.003  # INT8 is the default when within 0.3 accuracy points of f32
 ON_BAD_ROW = ("reject", "fail")
 M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
 PAD_ROWS = 32  # a block's last batch is padded to a multiple of this (see model_batches)
@@ -137,53 +128,29 @@ def _accuracy(path: Path) -> float | None:
 def default_variant(run: Path | str, model: str) -> tuple[str, str]:
     """The variant to score with by default, and why.
 
-    The fastest variant whose test accuracy is within 0.3 points of f32: INT8 when its
-    metrics exist and qualify, else OpenVINO f32 when its IR exists, else Keras.
+    INT8 when its test metrics exist and pass the INT8 acceptance rule
+    (:func:`fmnist.engines.optimize.int8_acceptable`) against f32, else OpenVINO f32
+    when its IR exists, else Keras.
     """
-    from fmnist.engines import _FACTORIES
-
+    available = available_variants()
     layout = RunLayout(Path(run))
     f32 = _accuracy(layout.metrics(model, "openvino-f32"))
     int8 = _accuracy(layout.metrics(model, "openvino-int8"))
     if (
-        "openvino-int8" in _FACTORIES
+        "openvino-int8" in available
         and f32 is not None
         and int8 is not None
-        and layout.openvino_ir(model, "int8").is_file()
+        and variant_artifact(run, model, "openvino-int8").is_file()
     ):
-        if int8 >= f32 - INT8_TOLERANCE:
-            return "openvino-int8", f"int8 accuracy {int8:.4f} within 0.3 points of f32 {f32:.4f}"
-        fallback = f"int8 accuracy {int8:.4f} more than 0.3 points below f32 {f32:.4f}"
+        accepted, why = int8_acceptable(f32, int8)
+        if accepted:
+            return "openvino-int8", why
+        fallback = why
     else:
         fallback = "no int8 and f32 metrics to compare"
-    if "openvino-f32" in _FACTORIES and layout.openvino_ir(model, "f32").is_file():
+    if "openvino-f32" in available and variant_artifact(run, model, "openvino-f32").is_file():
         return "openvino-f32", fallback
     return "keras-predict", fallback + "; no OpenVINO f32 IR"
-
-
-def array_index(environ: dict | None = None) -> int:
-    """The array index (Torque, PBS Pro, Slurm, local executor) minus ``FMNIST_ARRAY_BASE``.
-
-    Indices are taken as 0-based (submit arrays as 0..N-1); for arrays numbered from 1,
-    set ``FMNIST_ARRAY_BASE=1``.
-    """
-    environ = os.environ if environ is None else environ
-    for name in ARRAY_INDEX_VARIABLES:
-        value = environ.get(name, "").strip()
-        if value:
-            # The local executor always counts from 0; schedulers count as submitted.
-            base = "0" if name == "FMNIST_ARRAY_INDEX" else environ.get("FMNIST_ARRAY_BASE", "0")
-            try:
-                return int(value) - int(base)
-            except ValueError as exc:
-                raise FmnistError(
-                    f"{name}={value!r} (FMNIST_ARRAY_BASE={base!r}) is not an integer index"
-                ) from exc
-    raise FmnistError(
-        "--shard auto/N needs an array index in "
-        + ", ".join(ARRAY_INDEX_VARIABLES)
-        + " (run it as an array job, or give --shard I/N)"
-    )
 
 
 def parse_shard_option(text: str | None, workers: int = 1, environ: dict | None = None):
@@ -204,7 +171,7 @@ def parse_shard_option(text: str | None, workers: int = 1, environ: dict | None 
     if which == "all":
         return list(range(count)), count
     if which == "auto":
-        index = array_index(environ)
+        index = require_array_index(os.environ if environ is None else environ)
         if not 0 <= index < count:
             raise FmnistError(
                 f"array index {index} is outside 0-{count - 1} for --shard auto/{count} "
@@ -223,14 +190,6 @@ def parse_shard_option(text: str | None, workers: int = 1, environ: dict | None 
 # --------------------------------------------------------------------------- model identity
 
 
-def model_artifact(run: Path | str, model: str, variant: str) -> Path:
-    """The file a variant executes: model.keras, or the IR's model.xml (bin beside it)."""
-    layout = RunLayout(Path(run))
-    if variant.startswith("openvino-"):
-        return layout.openvino_ir(model, "int8" if variant == "openvino-int8" else "f32")
-    return layout.keras_model(model)
-
-
 def model_sha256(path: Path | str) -> str:
     """SHA-256 of a model file; for an OpenVINO IR, of model.xml followed by model.bin."""
     path = Path(path)
@@ -238,14 +197,7 @@ def model_sha256(path: Path | str) -> str:
     for file in files:
         if not file.is_file():
             raise FmnistError(f"{file}: model file not found (train/optimize the model first)")
-    if len(files) == 1:
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_files(*files)
 
 
 _ENGINES: dict[tuple, object] = {}
@@ -253,33 +205,10 @@ _ENGINES: dict[tuple, object] = {}
 
 def cached_engine(run: Path, model: str, variant: str):
     """One throughput engine per (run, model, variant) per process: workers reuse it."""
-    from fmnist.engines import create_engine
-
     key = (str(Path(run).resolve()), model, variant)
     if key not in _ENGINES:
         _ENGINES[key] = create_engine(run, model, variant, mode="throughput")
     return _ENGINES[key]
-
-
-def memory_bytes(field: str) -> int:
-    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM); 0 if none."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far.
-
-    Linux's VmHWM belongs to this program alone; ru_maxrss also keeps the peak of the
-    parent whose memory the process was forked from before it started this program.
-    """
-    peak = memory_bytes("VmHWM")
-    return peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 # --------------------------------------------------------------------------- scoring
@@ -409,7 +338,7 @@ def score_shard(
     label = f"shard {index}/{count}"
     csv = inspect_csv(config.input)
     fingerprint = input_fingerprint(csv.path)
-    expected_sha = model_sha256(model_artifact(config.run, config.model, config.variant))
+    expected_sha = model_sha256(variant_artifact(config.run, config.model, config.variant))
     out_dir = config.out_dir
     part = out_dir / part_name(index, count)
     with shard_lock(out_dir, index, count):
@@ -423,22 +352,21 @@ def score_shard(
             "probabilities": config.probabilities,
             "block_rows": config.gzip_block_rows if csv.compressed else None,
         }
-        if shard_finished(out_dir, index, count, expected):
-            marker = read_marker(out_dir / marker_name(index, count))
+        finished = shard_finished(out_dir, index, count, expected)
+        if finished:
             progress(f"{label}: already finished, skipped ({part})")
-            return _result(marker, "skipped", part)
+            return _result(finished, "skipped", part)
         if clean_stale_temporaries(out_dir, index, count):
             progress(f"{label}: removed temporary files of an unfinished run")
         # The marker goes first: from here until the new one is written, the shard
         # must not look finished even if the process dies.
-        (out_dir / marker_name(index, count)).unlink(missing_ok=True)
+        ShardMarker.path(out_dir, index, count).unlink(missing_ok=True)
         engine = cached_engine(config.run, config.model, config.variant)
-        sha = model_sha256(engine.info.model_path)
         metadata = {
             "model": config.model,
             "variant": config.variant,
             "executed_precision": engine.info.executed_precision,
-            "model_sha256": sha,
+            "model_sha256": model_sha256(engine.info.model_path),
             "input": str(csv.path.resolve()),
             "input_fingerprint": fingerprint,
             "shard": index,
@@ -447,68 +375,53 @@ def score_shard(
         schema = prediction_schema(csv.has_label, config.probabilities, metadata)
         started, cpu_started = time.perf_counter(), time.process_time()
         blocks, cut = shard_blocks(csv, index, config)
-        counts = _write_shard(config, csv, engine, schema, blocks, index, count, progress)
+        rows_read, predicted, rejected = _write_shard(
+            config, csv, engine, schema, blocks, index, count, progress
+        )
         seconds = time.perf_counter() - started
-        cpu_seconds = time.process_time() - cpu_started  # every thread of this process
-        marker = {
+        marker = ShardMarker(
             **metadata,
-            **success_record(config, index, counts, seconds, cpu_seconds),
             **cut,
-            "format": MARKER_FORMAT,
-            "input_bytes": csv.size,
-            "compressed": csv.compressed,
-            "has_header": csv.has_header,
-            "has_label": csv.has_label,
-            "probabilities": config.probabilities,
-        }
-        write_json_atomic(out_dir / marker_name(index, count), marker)
+            input_bytes=csv.size,
+            compressed=csv.compressed,
+            has_header=csv.has_header,
+            has_label=csv.has_label,
+            probabilities=config.probabilities,
+            rows_read=rows_read,
+            predicted=predicted,
+            rejected=rejected,
+            part=part.name,
+            part_sha256=sha256_file(part),
+            rejects=rejects_name(index, count),
+            rejects_sha256=sha256_file(out_dir / rejects_name(index, count)),
+            seconds=round(seconds, 3),
+            cpu_seconds=round(time.process_time() - cpu_started, 3),  # every thread's
+            rows_per_second=round(rows_read / seconds, 1) if seconds > 0 else 0.0,
+            peak_rss_bytes=peak_rss_bytes(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            finished=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        marker.write(out_dir)
     progress(
-        f"{label}: {marker['rows_read']:,} rows, {marker['predicted']:,} predicted, "
-        f"{marker['rejected']:,} rejected in {seconds:.1f}s "
-        f"({marker['rows_per_second']:,.0f} rows/s) -> {part}"
+        f"{label}: {marker.rows_read:,} rows, {marker.predicted:,} predicted, "
+        f"{marker.rejected:,} rejected in {seconds:.1f}s "
+        f"({marker.rows_per_second:,.0f} rows/s) -> {part}"
     )
     return _result(marker, "scored", part)
 
 
-def success_record(
-    config: ScoreConfig,
-    index: int,
-    counts: tuple[int, int, int],
-    seconds: float,
-    cpu_seconds: float,
-) -> dict:
-    """The marker's counts, file checksums, timing and where it ran."""
-    rows_read, predicted, rejected = counts
-    out_dir, count = config.out_dir, config.shards
-    return {
-        "rows_read": rows_read,
-        "predicted": predicted,
-        "rejected": rejected,
-        "part": part_name(index, count),
-        "part_sha256": sha256_file(out_dir / part_name(index, count)),
-        "rejects": rejects_name(index, count),
-        "rejects_sha256": sha256_file(out_dir / rejects_name(index, count)),
-        "seconds": round(seconds, 3),
-        "cpu_seconds": round(cpu_seconds, 3),
-        "rows_per_second": round(rows_read / seconds, 1) if seconds > 0 else 0.0,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
-def _result(marker: dict, status: str, part: Path) -> ShardResult:
+def _result(marker: ShardMarker, status: str, part: Path) -> ShardResult:
     return ShardResult(
-        index=marker["shard"],
-        shards=marker["shards"],
+        index=marker.shard,
+        shards=marker.shards,
         status=status,
-        rows_read=marker["rows_read"],
-        predicted=marker["predicted"],
-        rejected=marker["rejected"],
-        seconds=marker["seconds"],
-        rows_per_second=marker["rows_per_second"],
-        peak_rss_bytes=marker["peak_rss_bytes"],
+        rows_read=marker.rows_read,
+        predicted=marker.predicted,
+        rejected=marker.rejected,
+        seconds=marker.seconds,
+        rows_per_second=marker.rows_per_second,
+        peak_rss_bytes=marker.peak_rss_bytes,
         part=part,
     )
 
@@ -548,7 +461,7 @@ def _write_shard(
                 last_report = time.perf_counter()
                 progress(
                     f"shard {index}/{count}: {rows_read:,} rows read, {rejects.rows:,} "
-                    f"rejected, RSS {memory_bytes('VmRSS') >> 20} MiB"
+                    f"rejected, RSS {rss_bytes() >> 20} MiB"
                 )
         predictions.close()
         rejects.close()
@@ -599,6 +512,14 @@ def score_shards(
     if config.on_bad_row not in ON_BAD_ROW:
         raise FmnistError(f"--on-bad-row must be one of {', '.join(ON_BAD_ROW)}")
     inspect_csv(config.input)  # one-line errors for a bad input before any work
+    results = _score_indices(config, indices, workers, progress)
+    record_job(config.run, f"score {config.input.name} {config.model}")
+    return results
+
+
+def _score_indices(
+    config: ScoreConfig, indices: list[int], workers: int, progress: Callable[[str], None] | None
+) -> list[ShardResult]:
     if workers <= 1 or len(indices) <= 1:
         fix_malloc_mmap_threshold()
         return [score_shard(config, index, progress) for index in indices]

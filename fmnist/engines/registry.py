@@ -1,13 +1,14 @@
-"""One inference interface over every way of running a model.
+"""The engine registry: one inference interface over every way of running a model.
 
 An engine turns a float32 batch (N, 28, 28, 1), scaled to [0, 1], into class
 probabilities (N, 10). Evaluation, benchmarks and batch scoring only see this
-interface, so each optimized variant plugs in by registering a factory.
+interface. Each implementation module (``keras``, ``openvino``) registers its
+variants' factories; the package ``__init__`` imports them, so importing
+``fmnist.engines`` gives a full registry.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,17 @@ EngineFactory = Callable[[RunLayout, str, str], Engine]
 MODES = ("latency", "throughput")
 _FACTORIES: dict[str, EngineFactory] = {}
 
+# The artifact each variant executes: the Keras model, or one of the OpenVINO IRs
+# (bf16 is an execution precision of the f32 IR, not a file of its own).
+VARIANT_ARTIFACT = {
+    "keras-predict": "keras",
+    "keras-onednn-off": "keras",
+    "keras-onednn-on": "keras",
+    "openvino-f32": "f32",
+    "openvino-bf16": "f32",
+    "openvino-int8": "int8",
+}
+
 
 def register_engine(variant: str):
     """Decorator registering the factory that builds ``variant`` for (layout, model, mode)."""
@@ -85,52 +97,21 @@ def create_engine(
     return _FACTORIES[variant](RunLayout(Path(run)), model, mode)
 
 
+def available_variants() -> tuple[str, ...]:
+    """The variants this installation can build engines for, in ``VARIANTS`` order."""
+    return tuple(variant for variant in VARIANTS if variant in _FACTORIES)
+
+
+def variant_artifact(run: Path | str, model: str, variant: str) -> Path:
+    """The file ``variant`` executes: model.keras, or an IR's model.xml (model.bin beside it)."""
+    layout = RunLayout(Path(run))
+    artifact = VARIANT_ARTIFACT[check_variant(variant)]
+    if artifact == "keras":
+        return layout.keras_model(model)
+    return layout.openvino_ir(model, artifact)
+
+
 def predict_in_batches(engine: Engine, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Probabilities for any number of images, fed to the engine ``batch_size`` at a time."""
     parts = [engine.predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(parts) if parts else np.empty((0, 10), dtype=np.float32)
-
-
-def load_keras_model(path: Path):
-    """Load a saved Keras model, with a clear error for a missing or corrupt file."""
-    if not path.is_file():
-        raise FmnistError(f"{path}: model file not found (train the model first)")
-    import keras
-
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises many types for a damaged zip/h5
-        raise FmnistError(f"{path}: cannot load Keras model ({type(exc).__name__}: {exc})") from exc
-
-
-def onednn_setting() -> str | None:
-    """The oneDNN setting this process runs with, as TensorFlow read it at import."""
-    return os.environ.get("TF_ENABLE_ONEDNN_OPTS")
-
-
-class KerasEngine:
-    """A Keras model run in this process (TensorFlow's default oneDNN setting unless set)."""
-
-    def __init__(self, model_path: Path, variant: str = "keras-predict"):
-        self.variant = variant
-        self.model = load_keras_model(model_path)
-        self.info = EngineInfo(
-            variant=variant,
-            model_path=str(model_path),
-            executed_precision="f32",
-            details={"TF_ENABLE_ONEDNN_OPTS": onednn_setting()},
-        )
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        # predict_on_batch skips Keras' per-call dataset machinery; the seed's own
-        # `model.predict` measure is reproduced separately by the benchmark.
-        return np.asarray(self.model.predict_on_batch(batch), dtype=np.float32)
-
-
-@register_engine("keras-predict")
-def _keras_predict(layout: RunLayout, model: str, mode: str) -> Engine:
-    return KerasEngine(layout.keras_model(model), "keras-predict")
-
-
-# The optimized variants live in their own modules and register themselves on import.
-from fmnist import onednn, openvino_engines  # noqa: E402, F401

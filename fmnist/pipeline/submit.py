@@ -28,10 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fmnist.io import FmnistError, write_json_atomic
-from fmnist.nodetypes import NodeType, load_node_types
-from fmnist.pipeline import Pipeline, Task, array_size, expand, log_path
-from fmnist.scheduler import (
+from fmnist.io import DEFAULT_PROFILE, FmnistError, default_run_dir, write_json_atomic
+from fmnist.nodetypes import NodeType, load_node_types, parse_node_type_list
+from fmnist.pipeline.executor import log_path
+from fmnist.pipeline.scheduler import (
     ACTIVE,
     BLOCKED,
     COMPLETED,
@@ -41,14 +41,22 @@ from fmnist.scheduler import (
     JobState,
     Submission,
     cancel_jobs,
+    detect_flavor,
     parse_job_id,
     query_states,
     run_command,
     submit_command,
 )
-from fmnist.step import env_name, scalar_overrides
+from fmnist.pipeline.spec import (
+    Pipeline,
+    Task,
+    array_size,
+    env_name,
+    expand,
+    scalar_overrides,
+)
+from fmnist.resources import pipeline_spec, scripts_dir
 
-PROJECT = Path(__file__).resolve().parent.parent
 JOBS_FILE = "jobs.json"
 DEFAULT_WALLTIME = "01:00:00"
 
@@ -94,8 +102,10 @@ def job_name(task_id: str) -> str:
 
 
 def _script(task: Task) -> Path:
+    # A relative script ("pbs/train_main.sh") is one of the job scripts the project
+    # ships, wherever they are installed (fmnist.resources).
     script = Path(task.resources.get("script") or f"pbs/{task.step}.sh")
-    script = script if script.is_absolute() else PROJECT / script
+    script = script if script.is_absolute() else scripts_dir() / script.name
     if not script.exists():
         raise FmnistError(
             f"task {task.id}: job script {script} not found "
@@ -321,6 +331,42 @@ def submit_pipeline(
     # Schedulers open the job's log before the job runs: its directory must exist.
     (Path(settings.run) / "logs").mkdir(parents=True, exist_ok=True)
     return planned, submit_jobs(planned, settings, previous, progress), script
+
+
+def resolve_settings(
+    scheduler: str | None,
+    profile: str | None,
+    node_types: str | None,
+    out: Path | str | None,
+    resume: bool,
+) -> SubmitSettings:
+    """The settings of a submit call: what was given, else (``resume``) what the run's
+    jobs.json recorded, else the defaults (detected flavor, quick, local, this spec)."""
+    recorded: dict = {}
+    if resume:
+        recorded = (read_record(out or default_run_dir(profile)) or {}).get("settings", {})
+    profile = profile or recorded.get("profile") or DEFAULT_PROFILE
+    return SubmitSettings(
+        scheduler=scheduler or recorded.get("scheduler") or detect_flavor(),
+        profile=profile,
+        node_types=(
+            parse_node_type_list(node_types, load_node_types())
+            if node_types
+            else recorded.get("node_types") or ["local"]
+        ),
+        pipeline=recorded.get("pipeline") or str(pipeline_spec().resolve()),
+        run=str(Path(out or default_run_dir(profile)).resolve()),
+    )
+
+
+def submit_summary(result: SubmitResult, settings: SubmitSettings) -> str:
+    """One line on what a submit call did."""
+    actions = list(result.actions.values())
+    return (
+        f"{actions.count('submitted')} job(s) submitted, {actions.count('kept')} kept, "
+        f"{actions.count('complete')} task(s) already complete; "
+        f"ids in {Path(settings.run) / JOBS_FILE}"
+    )
 
 
 # --------------------------------------------------------------------------- status

@@ -1,4 +1,4 @@
-"""TensorFlow with oneDNN on or off: the ``keras-onednn-*`` variants and their processes.
+"""Keras engines: ``keras-predict`` and the ``keras-onednn-*`` variants, and the process rule.
 
 TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, when it is imported, so each setting
 needs its own process with the variable set before the import. These engines check
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist.engines import EngineInfo, load_keras_model, register_engine
+from fmnist.engines.registry import Engine, EngineInfo, register_engine
 from fmnist.io import FmnistError, RunLayout
 
 ENV_VAR = "TF_ENABLE_ONEDNN_OPTS"
@@ -76,6 +76,38 @@ def check_setting(variant: str) -> bool:
     return actual
 
 
+def load_keras_model(path: Path):
+    """Load a saved Keras model, with a clear error for a missing or corrupt file."""
+    if not path.is_file():
+        raise FmnistError(f"{path}: model file not found (train the model first)")
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a damaged zip/h5
+        raise FmnistError(f"{path}: cannot load Keras model ({type(exc).__name__}: {exc})") from exc
+
+
+class KerasEngine:
+    """A Keras model run in this process (TensorFlow's default oneDNN setting unless set)."""
+
+    def __init__(self, model_path: Path, variant: str = "keras-predict"):
+        self.variant = variant
+        self.model = load_keras_model(model_path)
+        self.info = EngineInfo(
+            variant=variant,
+            model_path=str(model_path),
+            executed_precision="f32",
+            details={ENV_VAR: os.environ.get(ENV_VAR)},
+        )
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, 10) for a float32 batch (N, 28, 28, 1)."""
+        # predict_on_batch skips Keras' per-call dataset machinery; the seed's own
+        # `model.predict` measure is reproduced separately by the benchmark.
+        return np.asarray(self.model.predict_on_batch(batch), dtype=np.float32)
+
+
 class KerasGraphEngine:
     """A Keras model's forward pass traced once into a TensorFlow graph.
 
@@ -108,7 +140,12 @@ class KerasGraphEngine:
         return self._forward(np.asarray(batch, dtype=np.float32)).numpy()
 
 
-def _factory(variant: str):
+@register_engine("keras-predict")
+def _keras_predict(layout: RunLayout, model: str, mode: str) -> Engine:
+    return KerasEngine(layout.keras_model(model), "keras-predict")
+
+
+def _graph_factory(variant: str):
     def build(layout: RunLayout, model: str, mode: str) -> KerasGraphEngine:
         return KerasGraphEngine(layout.keras_model(model), variant)
 
@@ -116,12 +153,13 @@ def _factory(variant: str):
 
 
 for _variant in ONEDNN_VARIANTS:
-    register_engine(_variant)(_factory(_variant))
+    register_engine(_variant)(_graph_factory(_variant))
 
 
-def run_cli_in_fresh_process(args: list[str], variant: str) -> subprocess.CompletedProcess:
-    """Run ``fmnist-batch ARGS`` in a new interpreter started with ``variant``'s setting."""
-    env = {**os.environ, **required_env(variant)}
-    return subprocess.run(
-        [sys.executable, "-m", "fmnist", *args], env=env, capture_output=True, text=True
-    )
+def run_with_setting(argv: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python ARGV`` in a fresh interpreter whose environment adds ``env``.
+
+    ``env`` is what :func:`required_env` gives for the variants the child runs: the
+    one way this project starts a process for another oneDNN setting.
+    """
+    return subprocess.run([sys.executable, *argv], env={**os.environ, **env}, **kwargs)

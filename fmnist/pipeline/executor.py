@@ -1,0 +1,222 @@
+"""The one local executor: tasks of the DAG run as ``fmnist-batch`` processes on this machine.
+
+``fmnist-batch run`` runs the whole DAG here (independent tasks in parallel, each with
+a log file under ``RUN/logs/``); ``fmnist-batch step``, what every scheduler job runs,
+runs the task(s) of its job the same way with the output left in the job's log. An
+array task runs one element per process with ``FMNIST_ARRAY_INDEX`` set: all of them in
+turn here, or only the scheduler's element inside an array job.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fmnist.io import FmnistError, default_run_dir
+from fmnist.jobenv import parse_job_environment
+from fmnist.pipeline.spec import Task, array_size, expand, load_pipeline, scalar_overrides
+
+
+@dataclass
+class TaskOutcome:
+    """How one task ended on this machine."""
+
+    task_id: str
+    status: str  # done | skipped | failed | held
+    seconds: float = 0.0
+    log: Path | None = None
+    returncode: int | None = None
+
+
+def cli_command(args: tuple[str, ...]) -> list[str]:
+    """The process command line that runs ``fmnist-batch ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "fmnist", *args]
+
+
+def log_path(log_dir: Path, task_id: str, index: int | None = None) -> Path:
+    """Where a task (or one element of an array task) logs: ``logs/train__main.log``."""
+    suffix = "" if index is None else f".{index}"
+    return Path(log_dir) / f"{task_id.replace(':', '__')}{suffix}.log"
+
+
+def element_indices(task: Task, index_in_job: int | None = None) -> list[int | None]:
+    """The array elements to run here: [None] for a plain task, the job's one, or all."""
+    size = array_size(task)
+    if size is None:
+        return [None]
+    if index_in_job is not None:
+        # One element of an array job: the scheduler chose the index.
+        if not 0 <= index_in_job < size:
+            raise FmnistError(
+                f"{task.id}: array index {index_in_job} outside 0..{size - 1} "
+                "(submit the array as 0..N-1, or set FMNIST_ARRAY_BASE=1 for 1..N)"
+            )
+        return [index_in_job]
+    return list(range(size))  # outside an array job: every element in turn
+
+
+def run_task(
+    task: Task,
+    env: Mapping[str, str],
+    indices: list[int | None],
+    log_dir: Path | None = None,
+) -> TaskOutcome:
+    """Run ``task``'s command once per element, stopping at the first failure.
+
+    Output goes to a log file per element under ``log_dir``, or (None) to this
+    process's own output, as a scheduler job wants it.
+    """
+    started = time.perf_counter()
+    returncode, log = 0, None
+    for index in indices:
+        element_env = {**env, "FMNIST_TASK_ID": task.id}
+        if index is not None:
+            element_env["FMNIST_ARRAY_INDEX"] = str(index)
+        if log_dir is None:
+            returncode = subprocess.run(cli_command(task.args), env=element_env).returncode
+        else:
+            log = log_path(log_dir, task.id, index)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "w") as handle:
+                handle.write("$ fmnist-batch " + shlex.join(task.args) + "\n")
+                handle.flush()
+                returncode = subprocess.run(
+                    cli_command(task.args), stdout=handle, stderr=subprocess.STDOUT, env=element_env
+                ).returncode
+        if returncode != 0:
+            break
+    status = "done" if returncode == 0 else "failed"
+    return TaskOutcome(task.id, status, time.perf_counter() - started, log, returncode)
+
+
+def run_job_tasks(
+    tasks: list[Task],
+    environ: Mapping[str, str],
+    force: bool = False,
+    progress: Callable[[str], None] = print,
+) -> None:
+    """Run a scheduler job's tasks in turn (``fmnist-batch step``), output inherited.
+
+    A task whose outputs are complete is skipped unless ``force``; the first failure
+    stops with an error naming the task and its exit status.
+    """
+    index_in_job = parse_job_environment(environ).array_index
+    for task in tasks:
+        if not force and task.complete():
+            progress(f"[skip]    {task.id} (outputs complete)")
+            continue
+        indices = element_indices(task, index_in_job)
+        label = task.id + (f"[{indices[0]}]" if indices != [None] and len(indices) == 1 else "")
+        progress(f"[start]   {label}: fmnist-batch {shlex.join(task.args)}")
+        outcome = run_task(task, environ, indices)
+        if outcome.status != "done":
+            raise FmnistError(f"{label} failed with exit status {outcome.returncode}")
+        progress(f"[done]    {label}")
+
+
+def _run_logged(task: Task, log_dir: Path, env: dict, progress: Callable[[str], None]):
+    # Announced here, when a worker takes it up, not when it is queued behind others.
+    progress(f"[start]   {task.id}: fmnist-batch {shlex.join(task.args)}")
+    return run_task(task, env, element_indices(task), log_dir)
+
+
+def run_local(
+    tasks: list[Task],
+    run: Path | str,
+    jobs: int = 1,
+    force: bool = False,
+    progress: Callable[[str], None] = print,
+) -> list[TaskOutcome]:
+    """Execute tasks on this machine in dependency order, ``jobs`` at a time.
+
+    Tasks whose outputs are complete are skipped (unless ``force``); a failed task
+    holds back everything that depends on it while independent tasks go on.
+    """
+    from joblib import Parallel, delayed
+
+    log_dir = Path(run) / "logs"
+    env = {**os.environ, "FMNIST_EXECUTOR": "local"}
+    outcomes: dict[str, TaskOutcome] = {}
+    pending = list(tasks)
+    while pending:
+        blocked = [
+            t
+            for t in pending
+            if any(outcomes.get(n) and outcomes[n].status in ("failed", "held") for n in t.needs)
+        ]
+        for task in blocked:
+            outcomes[task.id] = TaskOutcome(task.id, "held")
+            progress(f"[held]    {task.id} (a step it needs failed)")
+        pending = [t for t in pending if t not in blocked]
+        ready = [t for t in pending if all(n in outcomes for n in t.needs)]
+        if not ready:
+            break
+        pending = [t for t in pending if t not in ready]
+        to_run = []
+        for task in ready:
+            if not force and task.complete():
+                outcomes[task.id] = TaskOutcome(task.id, "skipped")
+                progress(f"[skip]    {task.id} (outputs complete)")
+            else:
+                to_run.append(task)
+        # Unordered results: each task is reported as it finishes.
+        results = Parallel(
+            n_jobs=max(1, jobs), backend="threading", return_as="generator_unordered"
+        )(delayed(_run_logged)(task, log_dir, env, progress) for task in to_run)
+        for outcome in results:
+            outcomes[outcome.task_id] = outcome
+            tail = "" if outcome.status == "done" else f", see {outcome.log}"
+            progress(
+                f"[{outcome.status}]".ljust(10) + f"{outcome.task_id} "
+                f"({outcome.seconds:.1f}s{tail})"
+            )
+    return [outcomes[t.id] for t in tasks if t.id in outcomes]
+
+
+def plan_pipeline(profile: str, run: Path | str | None = None) -> tuple[list[Task], Path]:
+    """The tasks of ``profile`` for ``run`` (default: the run-directory rule), in DAG order.
+
+    ``FMNIST_<NAME>`` variables set profile scalars here as in submit and in every job.
+    """
+    run = Path(run or default_run_dir(profile))
+    pipeline = load_pipeline()
+    return expand(pipeline, profile, run, scalar_overrides(pipeline, profile, os.environ)), run
+
+
+def describe_tasks(tasks: list[Task]) -> str:
+    """One line per task: its id, command and what it waits for (``run --dry-run``)."""
+    lines = []
+    for task in tasks:
+        needs = f"  (after {', '.join(task.needs)})" if task.needs else ""
+        lines.append(f"{task.id}: fmnist-batch {shlex.join(task.args)}{needs}")
+    return "\n".join(lines)
+
+
+def run_pipeline(
+    profile: str,
+    run: Path | str | None = None,
+    jobs: int = 1,
+    force: bool = False,
+    progress: Callable[[str], None] = print,
+) -> str:
+    """``fmnist-batch run``: the whole DAG of ``profile`` here; the summary line.
+
+    Raises naming every step that failed or was held back.
+    """
+    tasks, run = plan_pipeline(profile, run)
+    outcomes = run_local(tasks, run, jobs=jobs, force=force, progress=progress)
+    failed = [o for o in outcomes if o.status in ("failed", "held")]
+    done = sum(o.status in ("done", "skipped") for o in outcomes)
+    summary = f"{done}/{len(tasks)} steps complete in {run}"
+    if failed:
+        raise FmnistError(
+            f"{summary}; {len(failed)} step(s) did not finish: "
+            + ", ".join(f"{o.task_id} ({o.status})" for o in failed)
+        )
+    return summary
