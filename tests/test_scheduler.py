@@ -290,6 +290,12 @@ Job Id: 14.trqhost
     depend = afterok:11.trqhost,afterokarray:10[].trqhost
     Hold_Types = s
     comment = Job deleted as result of dependency on job 11.trqhost
+Job Id: 15.trqhost
+    job_state = H
+    depend = afterok:11.trqhost,afterokarray:10[].trqhost
+    Hold_Types = s
+    comment = Job 15.trqhost deleted because its dependency of array 10[].trqh
+\tost can never be satisfied
 """
 
 # `qstat -x -f -t` of OpenPBS 23.06 after 12 failed: PBS Pro deletes its afterok
@@ -344,7 +350,7 @@ def test_torque_deleted_dependents_are_cancelled_not_done():
     assert states["12.trqhost"].state == WAITING  # the scheduler's hold, for afterokarray
     assert states["13.trqhost"].state == HELD  # a user's hold
     # Torque 6.1 sometimes deletes a dependent in name only: held for good, never to run.
-    assert states["14.trqhost"].state == BLOCKED
+    assert states["14.trqhost"].state == states["15.trqhost"].state == BLOCKED
 
 
 def test_pbspro_deleted_dependents_and_jobs_that_can_never_run():

@@ -310,8 +310,9 @@ def pbs_state(flavor: str, attributes: dict[str, str]) -> JobState:
     if "deleted" in comment.lower() and letter in ("C", "F", "X"):
         # Torque: "Job deleted as result of dependency on job 3.srv", C with exit 271.
         return JobState(CANCELLED, f"{detail}: {comment}")
-    if "deleted as result of dependency" in comment and letter in ("H", "Q", "W"):
-        # Torque 6.1 can leave such a job in the queue, held for good: it never starts.
+    if "deleted" in comment.lower() and letter in ("H", "Q", "W"):
+        # Torque 6.1 can leave a job it deleted for its dependency in the queue, held for
+        # good ("deleted because its dependency of array 67[].srv can never be satisfied").
         return JobState(BLOCKED, f"{detail}: {comment}")
     if letter in ("C", "F", "X"):
         if exit_status is None:
