@@ -173,7 +173,17 @@ def training_data(
 
 
 class _EpochRecorder:
-    """Keras callback: checkpoint after each epoch and report progress."""
+    """Keras callback: checkpoint after each epoch and report progress.
+
+    Keras' own callbacks do not keep this module's resume contract, so it is written
+    here: ``ModelCheckpoint`` writes in place (a job killed mid-write leaves a file that
+    looks finished) and starts its best value afresh on every ``fit``; ``BackupAndRestore``
+    deletes its backup when ``fit`` ends, which loses a run stopped early that a larger
+    ``--epochs`` should continue, and keeps neither the history rows nor the epoch count
+    that the fresh random stream of a resumed run (``resume_seed``) is drawn from before
+    ``fit`` starts; ``EarlyStopping(restore_best_weights=True)`` keeps the best weights
+    only in memory. Every file here is written atomically and ``state.json`` last.
+    """
 
     def __new__(cls, *args, **kwargs):
         import keras
