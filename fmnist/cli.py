@@ -215,7 +215,8 @@ run_option = click.option(
     default="seed",
     show_default=True,
     help="seed: the report's recipe; tuned: label smoothing + best-epoch restore; "
-    "tuned-wd: tuned with decoupled weight decay; tuned-flip: tuned with horizontal flips.",
+    "tuned-wd: tuned with decoupled weight decay; tuned-flip: tuned with horizontal flips; "
+    "quick: for runs of 1-3 epochs (faster BatchNorm statistics).",
 )
 @click.option(
     "--augment/--no-augment",
