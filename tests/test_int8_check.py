@@ -201,7 +201,7 @@ def test_methods_are_tried_in_order_until_one_passes():
     model, attempts = first_acceptable(
         INT8_METHODS, quantize, lambda model: verdicts[model], Int8Bounds()
     )
-    assert INT8_METHODS[:2] == ["ptq", "ptq+f32-head"]
+    assert INT8_METHODS[:2] == ("ptq", "ptq+f32-head")
     assert model == "ptq+f32-head" and tried == ["ptq", "ptq+f32-head"]
     assert [(a.method, a.accepted) for a in attempts] == [("ptq", False), ("ptq+f32-head", True)]
     assert "mean confidence" in attempts[0].reason

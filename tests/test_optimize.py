@@ -96,7 +96,7 @@ def test_manifest_records_checksums_and_the_int8_check(optimized_run):
     assert int8["calibration_images"] == 100 and int8["validation_images"] == 1000
     # Every method tried is recorded, in order, the chosen one last.
     methods = [attempt["method"] for attempt in int8["attempts"]]
-    assert methods == INT8_METHODS[: len(methods)] and methods[-1] == int8["method"]
+    assert methods == list(INT8_METHODS[: len(methods)]) and methods[-1] == int8["method"]
     assert all(not attempt["accepted"] for attempt in int8["attempts"][:-1])
     assert int8["check"] == {k: v for k, v in int8["attempts"][-1].items() if k != "method"}
     if int8["accepted"]:
