@@ -526,15 +526,13 @@ def _accuracy_controlled(ov_model, calibration, data: QuantizationData, config, 
     ]
     validation = nncf.Dataset(batches, lambda item: item[0])
 
-    def validate(compiled, items) -> tuple[float, list[float]]:
-        # NNCF wants the metric and one value per dataset item (here a batch) to rank
-        # the layers by.
-        per_item, counts = [], []
+    def validate(compiled, items) -> float:
+        correct = total = 0
         for images, labels in items:
             predicted = compiled(images)[0].argmax(axis=1)
-            per_item.append(float(np.mean(predicted == labels)))
-            counts.append(len(labels))
-        return float(np.average(per_item, weights=counts)), per_item
+            correct += int(np.sum(predicted == labels))
+            total += len(labels)
+        return correct / total
 
     return nncf.quantize_with_accuracy_control(
         ov_model,
