@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fmnist.engines.optimize import MEAN_ABS_DP_COLUMN, Int8Check
+from fmnist.evaluate import COMPARED_WITH_F32, F32_REFERENCE
 from fmnist.report.lookup import (
     BASELINE,
     ONEDNN_ON,
@@ -216,10 +217,7 @@ def _fastest(run: RunData, ctx: Context, model: str, variants: list[str]) -> str
     return best[1] if best else ""
 
 
-# The variants compared with openvino-f32 (their reduced precision against its f32).
-COMPARED_WITH_F32 = ("openvino-bf16", "openvino-int8")
-F32 = "openvino-f32"
-INT8 = "openvino-int8"
+F32, INT8 = F32_REFERENCE, "openvino-int8"
 
 
 def accuracy_section(runs: list[RunData], models: list[str], variants: list[str]) -> list[dict]:
