@@ -22,7 +22,7 @@ from fmnist.bench.workers import process_groups
 from fmnist.bench.yardstick import parse_benchmark_app
 from fmnist.cli import main
 from fmnist.engines.openvino import cpu_capabilities
-from fmnist.engines.optimize import OptimizeConfig, optimize_model
+from fmnist.engines.optimize import Int8Bounds, OptimizeConfig, optimize_model
 from fmnist.io import FmnistError, RunLayout
 from fmnist.jobenv import parse_job_environment
 
@@ -220,7 +220,11 @@ def ir_run(trained_run, tmp_path_factory):
     """backup1 of the trained run with its f32 and INT8 IRs."""
     run = tmp_path_factory.mktemp("bench") / "run"
     shutil.copytree(trained_run / "models" / "backup1", run / "models" / "backup1")
-    config = OptimizeConfig("backup1", int8=True, calibration_size=50, max_drop=1.0, parity_size=8)
+    # Any INT8 will do: this is about timing it.
+    bounds = Int8Bounds(
+        max_drop=1.0, max_loss_change=1e9, max_confidence_change=1.0, max_mean_abs_dp=1.0
+    )
+    config = OptimizeConfig("backup1", int8=True, calibration_size=50, bounds=bounds, parity_size=8)
     optimize_model(run, config, progress=lambda m: None)
     return run
 

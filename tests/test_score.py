@@ -266,11 +266,16 @@ def test_verify_notices_a_changed_input(tmp_path, scored, sample_csv):
 # --------------------------------------------------------------------------- choices
 
 
-def test_default_variant_prefers_int8_within_three_tenths_of_a_point(tmp_path):
-    layout = RunLayout(tmp_path)
+def test_default_variant_prefers_int8_only_when_it_keeps_f32s_figures(tmp_path):
+    from fmnist.engines.optimize import MEAN_ABS_DP_COLUMN
 
-    def metrics(variant, accuracy):
-        write_parquet_atomic(layout.metrics("m", variant), pd.DataFrame({"accuracy": [accuracy]}))
+    layout = RunLayout(tmp_path)
+    f32_figures = {"accuracy": 0.9050, "loss": 0.333, "mean_confidence": 0.871, "images": 10000}
+    int8_figures = {**f32_figures, "accuracy": 0.9021, MEAN_ABS_DP_COLUMN: 0.002}
+
+    def metrics(variant, figures, **changes):
+        frame = pd.DataFrame({key: [value] for key, value in {**figures, **changes}.items()})
+        write_parquet_atomic(layout.metrics("m", variant), frame)
 
     def ir(precision):
         xml = layout.openvino_ir("m", precision)
@@ -281,12 +286,27 @@ def test_default_variant_prefers_int8_within_three_tenths_of_a_point(tmp_path):
     ir("f32")
     assert default_variant(tmp_path, "m")[0] == "openvino-f32"
     ir("int8")
-    metrics("openvino-f32", 0.9050)
-    metrics("openvino-int8", 0.9021)
-    assert default_variant(tmp_path, "m")[0] == "openvino-int8"
-    metrics("openvino-int8", 0.9010)
+    metrics("openvino-f32", f32_figures)
+    metrics("openvino-int8", int8_figures)
     variant, why = default_variant(tmp_path, "m")
-    assert variant == "openvino-f32" and "more than 0.3 points below" in why
+    assert variant == "openvino-int8" and why.startswith("int8 keeps f32's figures")
+    for change, reason in (
+        ({"accuracy": 0.9010}, "more than 0.3 points below"),
+        # The same accuracy, but the probabilities of a full-bias-correction model.
+        ({"loss": 0.524}, "int8 loss 0.5240 is +57.4 %"),
+        ({"mean_confidence": 0.688}, "int8 mean confidence 0.6880"),
+        ({MEAN_ABS_DP_COLUMN: 0.03}, "mean |Δp| 0.0300"),
+        ({"images": 500}, "different images"),
+        ({MEAN_ABS_DP_COLUMN: float("nan")}, "no mean |Δp| against f32 (evaluate again)"),
+    ):
+        metrics("openvino-int8", int8_figures, **change)
+        variant, why = default_variant(tmp_path, "m")
+        assert variant == "openvino-f32" and reason in why, (change, why)
+    # Metrics written before the confidence was recorded are not enough to pick INT8.
+    metrics("openvino-f32", {"accuracy": 0.9050, "loss": 0.333})
+    metrics("openvino-int8", {"accuracy": 0.9050, "loss": 0.333})
+    variant, why = default_variant(tmp_path, "m")
+    assert variant == "openvino-f32" and "no mean confidence figures" in why
 
 
 def test_shard_option_and_array_index():

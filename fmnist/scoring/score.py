@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from fmnist.data import CLASS_NAMES, to_model_input
 from fmnist.engines import available_variants, create_engine, variant_artifact
-from fmnist.engines.optimize import int8_acceptable
+from fmnist.engines.optimize import Int8Check
 from fmnist.io import FmnistError, RunLayout, atomic_path, sha256_file, sha256_files
 from fmnist.jobenv import record_job, require_array_index
 from fmnist.scoring.csv_input import (
@@ -118,31 +118,32 @@ def default_out_dir(run: Path | str, input_path: Path | str, model: str) -> Path
 # --------------------------------------------------------------------------- choices
 
 
-def _accuracy(path: Path) -> float | None:
+def _overall_metrics(path: Path) -> dict | None:
+    # The overall figures are repeated on every row of a metrics file; the first will do.
     if not path.is_file():
         return None
-    values = pq.read_table(path, columns=["accuracy"]).column("accuracy").to_pylist()
-    return float(values[0]) if values else None
+    rows = pq.read_table(path).slice(0, 1).to_pylist()
+    return rows[0] if rows else None
 
 
 def default_variant(run: Path | str, model: str) -> tuple[str, str]:
     """The variant to score with by default, and why.
 
-    INT8 when its test metrics exist and pass the INT8 acceptance rule
-    (:func:`fmnist.engines.optimize.int8_acceptable`) against f32, else OpenVINO f32
-    when its IR exists, else Keras.
+    INT8 when its test metrics and f32's exist and pass the INT8 check
+    (:meth:`fmnist.engines.optimize.Int8Check.acceptable`: accuracy, loss, mean
+    confidence, mean |Δp| against f32), else OpenVINO f32 when its IR exists, else Keras.
     """
     available = available_variants()
     layout = RunLayout(Path(run))
-    f32 = _accuracy(layout.metrics(model, "openvino-f32"))
-    int8 = _accuracy(layout.metrics(model, "openvino-int8"))
+    f32 = _overall_metrics(layout.metrics(model, "openvino-f32"))
+    int8 = _overall_metrics(layout.metrics(model, "openvino-int8"))
     if (
         "openvino-int8" in available
         and f32 is not None
         and int8 is not None
         and variant_artifact(run, model, "openvino-int8").is_file()
     ):
-        accepted, why = int8_acceptable(f32, int8)
+        accepted, why = Int8Check.from_metrics(f32, int8).acceptable()
         if accepted:
             return "openvino-int8", why
         fallback = why
