@@ -29,6 +29,7 @@ LAYERS = {
     "data": 1,
     "architectures": 1,
     "plots": 1,
+    "probabilities": 1,
     "io": 0,
     "system": 0,
     "jobenv": 0,
@@ -40,7 +41,7 @@ LAYERS = {
 # stages of one layer (train, scoring, bench, ...) never import each other.
 WITHIN_LAYER_ORDER = {
     0: ("__init__", "io", "system", "resources", "nodetypes", "jobenv"),
-    1: ("data", "architectures", "plots"),
+    1: ("probabilities", "data", "architectures", "plots"),
 }
 
 
