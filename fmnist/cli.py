@@ -337,7 +337,8 @@ def optimize_command(
     Example:
       fmnist-batch optimize --run outputs/try --model backup1 --int8
     """
-    from fmnist.engines.optimize import Int8Bounds, OptimizeConfig, optimize_model
+    from fmnist.engines.int8_check import Int8Bounds
+    from fmnist.engines.optimize import OptimizeConfig, optimize_model
 
     bounds = Int8Bounds() if max_drop is None else Int8Bounds(max_drop=max_drop / 100)
     config = OptimizeConfig(

@@ -2,7 +2,7 @@
 
 Every evaluation also records the mean top-1 confidence; the reduced-precision OpenVINO
 variants (bf16, int8) also their mean |Δp| against openvino-f32 on the same images,
-which is what the INT8 check (``fmnist.engines.optimize.Int8Check``) reads besides
+which is what the INT8 check (``fmnist.engines.int8_check.Int8Check``) reads besides
 accuracy and loss.
 """
 
@@ -19,9 +19,9 @@ import pandas as pd
 
 from fmnist.data import CLASS_NAMES, load_dataset, to_model_input
 from fmnist.engines import check_variant, create_engine, predict_in_batches, variant_artifact
+from fmnist.engines.int8_check import MEAN_ABS_DP_COLUMN
 from fmnist.engines.keras import prepare_process, required_env, run_with_setting
 from fmnist.engines.openvino import VariantUnsupported
-from fmnist.engines.optimize import MEAN_ABS_DP_COLUMN
 from fmnist.io import FmnistError, RunLayout, update_manifest, write_parquet_atomic
 from fmnist.jobenv import record_job
 from fmnist.plots import plot_confusion_matrix

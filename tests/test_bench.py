@@ -21,8 +21,9 @@ from fmnist.bench.timings import COLUMNS, current_job_id, timings_frame, write_t
 from fmnist.bench.workers import process_groups
 from fmnist.bench.yardstick import parse_benchmark_app
 from fmnist.cli import main
+from fmnist.engines.int8_check import Int8Bounds
 from fmnist.engines.openvino import cpu_capabilities
-from fmnist.engines.optimize import Int8Bounds, OptimizeConfig, optimize_model
+from fmnist.engines.optimize import OptimizeConfig, optimize_model
 from fmnist.io import FmnistError, RunLayout
 from fmnist.jobenv import parse_job_environment
 

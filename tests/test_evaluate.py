@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fmnist.engines.optimize import MEAN_ABS_DP_COLUMN
+from fmnist.engines.int8_check import MEAN_ABS_DP_COLUMN
 from fmnist.evaluate import (
     classification_report,
     confusion_matrix,

@@ -7,18 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from fmnist.engines.optimize import (
+from fmnist.engines.int8_check import (
     INT8_MAX_CONFIDENCE_CHANGE,
     INT8_MAX_DROP,
     INT8_MAX_LOSS_CHANGE,
     INT8_MAX_MEAN_ABS_DP,
-    INT8_METHODS,
     MEAN_ABS_DP_COLUMN,
     Int8Bounds,
     Int8Check,
-    classifier_head,
-    first_acceptable,
 )
+from fmnist.engines.optimize import INT8_METHODS, classifier_head, first_acceptable
 from fmnist.probabilities import cross_entropy, mean_abs_difference, mean_confidence
 
 

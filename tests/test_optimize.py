@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from fmnist.cli import main
 from fmnist.data import to_model_input
 from fmnist.engines import create_engine, predict_in_batches
+from fmnist.engines.int8_check import Int8Bounds
 from fmnist.engines.keras import load_keras_model
 from fmnist.engines.openvino import VariantUnsupported, core, cpu_capabilities
 from fmnist.engines.optimize import (
     INT8_METHODS,
-    Int8Bounds,
     OptimizeConfig,
     classifier_head,
     convert_keras,

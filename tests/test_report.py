@@ -216,7 +216,7 @@ def accuracy_rows(markdown: str) -> tuple[list[str], dict[tuple[str, str], list[
 
 
 def test_accuracy_table_shows_loss_and_mean_dp_beside_accuracy(tmp_path):
-    from fmnist.engines.optimize import Int8Bounds
+    from fmnist.engines.int8_check import Int8Bounds
     from fmnist.evaluate import evaluate_probabilities, write_evaluation
 
     rng = np.random.default_rng(3)

@@ -267,7 +267,7 @@ def test_verify_notices_a_changed_input(tmp_path, scored, sample_csv):
 
 
 def test_default_variant_prefers_int8_only_when_it_keeps_f32s_figures(tmp_path):
-    from fmnist.engines.optimize import MEAN_ABS_DP_COLUMN
+    from fmnist.engines.int8_check import MEAN_ABS_DP_COLUMN
 
     layout = RunLayout(tmp_path)
     f32_figures = {"accuracy": 0.9050, "loss": 0.333, "mean_confidence": 0.871, "images": 10000}

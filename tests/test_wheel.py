@@ -6,49 +6,13 @@ the checkout (they ship inside it, see fmnist/resources.py).
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sysconfig
 from pathlib import Path
 
 import pytest
+from conftest import wheel_cli
 
 PROJECT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session")
-def installed_wheel(tmp_path_factory) -> Path:
-    """A fresh virtualenv with fmnist-batch installed from this checkout as a wheel.
-
-    Its heavy dependencies (TensorFlow, OpenVINO) come from the test interpreter's
-    site-packages through a .pth file rather than a second download; fmnist itself
-    is built and installed into the new environment.
-    """
-    venv = tmp_path_factory.mktemp("wheel") / "venv"
-    subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
-    site = next((venv / "lib").glob("python3*/site-packages"))
-    (site / "zz-test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run(
-        [venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps"]
-        + ["--no-build-isolation", str(PROJECT)],
-        check=True,
-        capture_output=True,
-    )
-    return venv
-
-
-def wheel_cli(venv: Path, *args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
-    """``fmnist-batch ARGS`` of the installed wheel, run in ``cwd`` (outside the checkout)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FMNIST_")}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return subprocess.run(
-        [str(venv / "bin" / "fmnist-batch"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        **kwargs,
-    )
 
 
 def test_the_wheel_ships_its_spec_node_types_and_job_scripts(installed_wheel, tmp_path):

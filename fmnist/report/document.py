@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fmnist.engines.optimize import Int8Bounds
+from fmnist.engines.int8_check import Int8Bounds
 from fmnist.report.figures import Figure
 from fmnist.report.render import Block, Cell, Heading, Image, Paragraph, Table
 from fmnist.report.seed_reference import SEED_RESULTS, SOURCE

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fmnist.engines.optimize import MEAN_ABS_DP_COLUMN, Int8Check
+from fmnist.engines.int8_check import MEAN_ABS_DP_COLUMN, Int8Check
 from fmnist.evaluate import COMPARED_WITH_F32, F32_REFERENCE
 from fmnist.report.lookup import (
     BASELINE,

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from fmnist.data import CLASS_NAMES, to_model_input
 from fmnist.engines import available_variants, create_engine, variant_artifact
-from fmnist.engines.optimize import Int8Check
+from fmnist.engines.int8_check import Int8Check
 from fmnist.io import FmnistError, RunLayout, atomic_path, sha256_file, sha256_files
 from fmnist.jobenv import record_job, require_array_index
 from fmnist.scoring.csv_input import (
@@ -130,7 +130,7 @@ def default_variant(run: Path | str, model: str) -> tuple[str, str]:
     """The variant to score with by default, and why.
 
     INT8 when its test metrics and f32's exist and pass the INT8 check
-    (:meth:`fmnist.engines.optimize.Int8Check.acceptable`: accuracy, loss, mean
+    (:meth:`fmnist.engines.int8_check.Int8Check.acceptable`: accuracy, loss, mean
     confidence, mean |Δp| against f32), else OpenVINO f32 when its IR exists, else Keras.
     """
     available = available_variants()
