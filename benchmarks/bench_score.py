@@ -35,7 +35,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pyarrow.csv as pcsv  # noqa: E402
 
-from fmnist.scoring.csv_input import _PARSE, _convert_options, inspect_csv  # noqa: E402
+from fmnist.scoring.csv_input import inspect_csv  # noqa: E402
+from fmnist.scoring.csv_parse import PARSE_OPTIONS, convert_options  # noqa: E402
 from fmnist.scoring.score import ScoreConfig, default_variant  # noqa: E402
 from fmnist.scoring.shards import marker_name  # noqa: E402
 
@@ -65,8 +66,8 @@ def parse_rate(path: Path) -> tuple[float, float]:
     table = pcsv.read_csv(
         path,
         read_options=pcsv.ReadOptions(column_names=csv.columns, skip_rows=int(csv.has_header)),
-        parse_options=_PARSE,
-        convert_options=_convert_options(csv),
+        parse_options=PARSE_OPTIONS,
+        convert_options=convert_options(csv),
     )
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started
