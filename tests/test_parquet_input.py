@@ -10,7 +10,7 @@ import pytest
 from fmnist.data import PIXELS
 from fmnist.io import FmnistError
 from fmnist.scoring.inputs import open_input
-from fmnist.scoring.parquet_input import ParquetInput
+from fmnist.scoring.parquet_input import BLOCK_BYTES_PER_ROW, ParquetInput
 
 ROWS = 200
 
@@ -22,6 +22,7 @@ def read_shards(source, count, block_bytes=16 << 20):
         shard = source.open_shard(index, count, block_bytes, 0)
         cuts.append(shard.cut)
         for block in shard.blocks:
+            assert block.rows <= block_bytes // BLOCK_BYTES_PER_ROW  # streamed, never whole
             ids.append(block.row_ids)
             pixels.append(block.pixels)
             if block.labels is not None:
@@ -52,7 +53,7 @@ def test_each_layout_reads_the_real_images(tmp_path, images_parquet, dataset, la
     assert isinstance(source, ParquetInput)
     assert (source.layout, source.has_label) == (layout.split("-")[-1], label)
     assert source.group_rows == (70, 70, 60)
-    ids, pixels, labels, rejects, _ = read_shards(source, 1, block_bytes=33 * PIXELS)
+    ids, pixels, labels, rejects, _ = read_shards(source, 1, block_bytes=33 * BLOCK_BYTES_PER_ROW)
     assert rejects == [] and np.array_equal(ids, np.arange(ROWS))
     assert np.array_equal(pixels.reshape(-1, 28, 28), dataset.test.images[:ROWS])
     if label:
@@ -77,7 +78,7 @@ def test_shards_are_ranges_of_row_groups(tmp_path, images_parquet):
     path = images_parquet(tmp_path / "in.parquet", ROWS, group_rows=30)  # 7 row groups
     source = open_input(path)
     for count in (1, 2, 3, 7, 9):
-        ids, _, _, _, cuts = read_shards(source, count, block_bytes=20 * PIXELS)
+        ids, _, _, _, cuts = read_shards(source, count, block_bytes=20 * BLOCK_BYTES_PER_ROW)
         assert np.array_equal(ids, np.arange(ROWS)), count
         expected = source.expected_shards(count, None)
         assert sum(shard.rows for shard in expected) == ROWS
@@ -122,7 +123,9 @@ BAD = {
 
 def test_bad_values_are_rejected_with_the_csv_kinds(tmp_path, images_parquet, dataset):
     path = images_parquet(tmp_path / "bad.parquet", ROWS, "columns", "float64", edit=edits)
-    ids, pixels, labels, rejects, _ = read_shards(open_input(path), 1, block_bytes=8 * PIXELS)
+    ids, pixels, labels, rejects, _ = read_shards(
+        open_input(path), 1, block_bytes=8 * BLOCK_BYTES_PER_ROW
+    )
     assert {r.row_id: (r.kind, r.reason) for r in rejects} == BAD
     assert all(r.line is None for r in rejects)
     assert rejects[0].raw.startswith(f"{float(dataset.test.labels[3])},0.0,")
