@@ -199,7 +199,7 @@ def inspect_parquet(path: Path | str) -> ParquetInput:
     """
     path = Path(path)
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
     except (OSError, pa.ArrowException) as exc:
         raise FmnistError(f"{path}: not a readable Parquet file ({str(exc)[:200]})") from exc
     schema = parquet.schema_arrow
@@ -225,8 +225,11 @@ def _refuse_normalized(parquet: pq.ParquetFile, source: ParquetInput) -> None:
         pixel_type = pixel_type.value_type
     if not pa.types.is_floating(pixel_type):
         return
-    batch = next(parquet.iter_batches(batch_size=NORMALIZED_SAMPLE_ROWS, columns=source.columns))
-    parsed = _pixel_matrix(batch, source)
+    try:
+        batches = parquet.iter_batches(batch_size=NORMALIZED_SAMPLE_ROWS, columns=source.columns)
+        parsed = _pixel_matrix(next(batches), source)
+    except (OSError, pa.ArrowException) as exc:
+        raise FmnistError(f"{source.path}: damaged Parquet data ({str(exc)[:200]})") from exc
     example = normalized_example(parsed)
     if example is not None:
         row = int(np.argmax(((parsed > 0) & (parsed < 1)).any(axis=1)))
@@ -234,13 +237,16 @@ def _refuse_normalized(parquet: pq.ParquetFile, source: ParquetInput) -> None:
 
 
 def _pixel_matrix(batch: pa.RecordBatch, source: ParquetInput) -> np.ndarray:
-    """The pixels of a few rows as floats (NaN for nulls; short lists left out)."""
+    """The pixels of a few rows as floats (NaN for nulls and for lists of other lengths)."""
     if source.layout == "columns":
         columns = [batch.column(name).to_numpy(zero_copy_only=False) for name in PIXEL_COLUMNS]
         return np.stack(columns, axis=1).astype(np.float64)
     lists = batch.column(source.columns[-1])
-    rows = [np.asarray(v, dtype=np.float64) for v in lists.to_pylist() if v and len(v) == PIXELS]
-    return np.array(rows, dtype=np.float64).reshape(-1, PIXELS)
+    matrix = np.full((len(lists), PIXELS), np.nan)
+    for row, values in enumerate(lists.to_pylist()):
+        if values is not None and len(values) == PIXELS:
+            matrix[row] = np.array(values, dtype=np.float64)  # None -> NaN
+    return matrix
 
 
 # --------------------------------------------------------------------------- parsing
