@@ -654,18 +654,30 @@ def jobenv_command(as_json, save):
     show_default=True,
     help="reject: write bad rows to rejects-*.parquet and go on; fail: stop at the first.",
 )
+@click.option(
+    "--max-rejects",
+    default="1%",
+    show_default=True,
+    metavar="N|P%",
+    help="Most rejected rows a shard may have: a count, or a percentage of its rows. "
+    "A shard past it keeps no files and the command exits non-zero; finished shards stay.",
+)
 @click.option("--probabilities", is_flag=True, help="Also write prob_0..prob_9.")
 @click.option(
     "--batch-size", type=int, default=256, show_default=True, help="Images per engine call."
 )
 @click.option(
-    "--block-mb", type=int, default=16, show_default=True, help="MiB of CSV parsed per block."
+    "--block-mb",
+    type=int,
+    default=16,
+    show_default=True,
+    help="MiB of input parsed per block (CSV text, or Parquet pixels).",
 )
 def score_command(
-    input_csv, run, model, variant, shard, workers, out, on_bad_row, probabilities,
-    batch_size, block_mb,
+    input_csv, run, model, variant, shard, workers, out, on_bad_row, max_rejects,
+    probabilities, batch_size, block_mb,
 ):  # fmt: skip
-    """Score a Kaggle-format CSV (plain or .gz) to Parquet, in resumable shards.
+    """Score images in Kaggle-format CSV (plain or .gz) or Parquet to Parquet, in resumable shards.
 
     Each shard writes part-I-of-N.parquet, rejects-I-of-N.parquet and a success
     marker; running the same command again skips finished shards.
@@ -674,7 +686,7 @@ def score_command(
     Example:
       fmnist-batch score outputs/test.csv --run outputs/quick --model backup1
       fmnist-batch score big.csv --run RUN --model backup1 --shard auto/8
-      fmnist-batch score big.csv --run RUN --model backup1 --shard all/4 --workers 2
+      fmnist-batch score big.parquet --run RUN --model backup1 --shard all/4 --workers 2
     """
     from fmnist.scoring.score import (
         ScoreConfig,
@@ -699,6 +711,7 @@ def score_command(
         out_dir=Path(out) if out else default_out_dir(run, input_csv, model),
         shards=count,
         on_bad_row=on_bad_row,
+        max_rejects=max_rejects,
         probabilities=probabilities,
         batch_size=batch_size,
         block_bytes=block_mb << 20,
@@ -720,7 +733,7 @@ def score_command(
     "input_csv",
     type=click.Path(dir_okay=False),
     default=None,
-    help="The scored CSV, when it moved since scoring (default: the path in the markers).",
+    help="The scored input, when it moved since scoring (default: the path in the markers).",
 )
 @click.option(
     "--merge",
@@ -732,7 +745,8 @@ def verify_command(directory, input_csv, merge):
     """Check a predictions directory: every shard finished, every input row accounted for.
 
     Exits non-zero naming the first discrepancy: a missing part or marker, a marker
-    that disagrees with its files or the input, a row neither predicted nor rejected.
+    that disagrees with its files or the input, a row neither predicted nor rejected,
+    rejects past the --max-rejects a shard was scored with.
 
     \b
     Example:
@@ -741,10 +755,7 @@ def verify_command(directory, input_csv, merge):
     from fmnist.scoring.verify import merge_parts, verify_predictions
 
     result = verify_predictions(directory, input_csv, progress=_progress)
-    click.echo(
-        f"ok: {result.shards} shard(s), {result.rows} input rows = {result.predicted} "
-        f"predicted + {result.rejected} rejected ({result.input})"
-    )
+    click.echo(f"ok: {result.summary()} ({result.input})")
     if merge:
         rows = merge_parts(result, merge)
         click.echo(f"merged {rows} predictions into {merge}")

@@ -101,3 +101,41 @@ def wheel_cli(venv: Path, *args: str, cwd: Path, **kwargs) -> subprocess.Complet
         text=True,
         **kwargs,
     )
+
+
+@pytest.fixture(scope="session")
+def images_parquet(dataset):
+    """Write the first ``rows`` real test images as Parquet in a layout `score` reads.
+
+    ``layout`` is ``columns`` (label, pixel1..pixel784), ``fixed-list`` or ``list`` (one
+    column ``pixels`` of 784 values); ``dtype`` is the values' type; ``edit`` may change
+    the (rows, 784) pixels and labels (as float64, NaN for null) before writing.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def write(path, rows, layout="columns", dtype="uint8", label=True, group_rows=70, edit=None):
+        pixels = dataset.test.images[:rows].reshape(rows, -1).astype(np.float64)
+        labels = dataset.test.labels[:rows].astype(np.float64)
+        if edit is not None:
+            edit(pixels, labels)
+
+        def values(array):
+            missing = np.isnan(array)
+            return pa.array(np.where(missing, 0, array).astype(dtype), mask=missing)
+
+        columns = {"label": values(labels)} if label else {}
+        if layout == "columns":
+            columns.update({f"pixel{i + 1}": values(pixels[:, i]) for i in range(pixels.shape[1])})
+        else:
+            flat = values(pixels.ravel())
+            if layout == "fixed-list":
+                columns["pixels"] = pa.FixedSizeListArray.from_arrays(flat, pixels.shape[1])
+            else:
+                offsets = pa.array(np.arange(0, len(flat) + 1, pixels.shape[1]), pa.int32())
+                columns["pixels"] = pa.ListArray.from_arrays(offsets, flat)
+        pq.write_table(pa.table(columns), path, row_group_size=group_rows)
+        return path
+
+    return write
