@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -30,8 +30,17 @@ import pyarrow.csv as pcsv
 from fmnist.data import CSV_HEADER, PIXELS
 from fmnist.scoring.rows import LABELS, ParsedBlock, Reject, number_problem
 
-if TYPE_CHECKING:
-    from fmnist.scoring.csv_input import CsvInput
+
+class CsvInput(Protocol):
+    """What parsing needs of a CSV input (:class:`fmnist.scoring.csv_input.CsvInput`)."""
+
+    has_label: bool
+
+    @property
+    def columns(self) -> list[str]: ...
+
+    def line_number(self, row_id: int) -> int: ...
+
 
 EXACT_LINES = 64  # blocks this small are checked line by line
 SPLIT_WAYS = 8  # a failed block is retried as this many smaller blocks
