@@ -14,9 +14,12 @@ benchmark command uses:
 
 A shared machine drifts over seconds, so each ratio is formed from one pair measured
 back to back (the order alternates between rounds) and the median over rounds is
-reported beside every round's value. Nothing is written into the run.
+reported beside every round's value. Nothing is written into the run. Each model's
+table is headed by how its INT8 IR was quantized and whether it passed the INT8 check
+(the manifest's record), since layers kept in f32 cost throughput.
 
     .venv/bin/python benchmarks/bench_openvino.py outputs/bench --rounds 3 --seconds 5
+    .venv/bin/python benchmarks/bench_openvino.py outputs/bench --int8-only
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from fmnist.bench.latency import measure_latency, measure_throughput, seed_predi
 from fmnist.bench.workers import benchmark_images
 from fmnist.bench.yardstick import run_benchmark_app
 from fmnist.engines import create_engine
-from fmnist.io import RunLayout
+from fmnist.io import RunLayout, read_manifest
 from fmnist.system import machine_info
 
 MODELS = ("main", "backup1", "backup2")
@@ -40,8 +43,13 @@ BATCHES = (1, 32, 256)
 SEED_SPEEDUP_TARGET = {"main": 20.0, "backup1": 200.0, "backup2": 200.0}
 
 
-def measure_pairs(run: str, model: str, rounds: int, seconds: float) -> dict[str, list]:
-    """name -> [(numerator, denominator) per round], each pair measured back to back."""
+def measure_pairs(
+    run: str, model: str, rounds: int, seconds: float, int8_only: bool = False
+) -> dict[str, list]:
+    """name -> [(numerator, denominator) per round], each pair measured back to back.
+
+    ``int8_only``: just int8 / f32 images/s at batch 256.
+    """
     config = BenchConfig(
         run, model, iterations=1_000_000, warmup=200, max_seconds=seconds, min_iterations=10
     )
@@ -50,7 +58,6 @@ def measure_pairs(run: str, model: str, rounds: int, seconds: float) -> dict[str
     f32_latency = create_engine(run, model, "openvino-f32", "latency")
     f32_stream = create_engine(run, model, "openvino-f32", "throughput").predict_many
     int8_stream = create_engine(run, model, "openvino-int8", "throughput").predict_many
-    keras = create_engine(run, model, "keras-predict")  # the seed's baseline
     pairs: dict[str, list] = {}
 
     def pair(name: str, first: Callable[[], float], second: Callable[[], float], swap: bool):
@@ -62,6 +69,20 @@ def measure_pairs(run: str, model: str, rounds: int, seconds: float) -> dict[str
             b = second()
         pairs.setdefault(name, []).append((a, b))
 
+    def int8_pair(swap: bool) -> None:
+        pair(
+            "int8 / f32 img/s, batch 256",
+            lambda: measure_throughput(int8_stream, images, 256, config).images_per_second,
+            lambda: measure_throughput(f32_stream, images, 256, config).images_per_second,
+            swap,
+        )
+
+    if int8_only:
+        for index in range(rounds):
+            print(f"[bench_openvino] {model}: round {index + 1}/{rounds}", file=sys.stderr)
+            int8_pair(index % 2 == 1)
+        return pairs
+    keras = create_engine(run, model, "keras-predict")  # the seed's baseline
     for index in range(rounds):
         swap = index % 2 == 1
         print(f"[bench_openvino] {model}: round {index + 1}/{rounds}", file=sys.stderr)
@@ -93,12 +114,7 @@ def measure_pairs(run: str, model: str, rounds: int, seconds: float) -> dict[str
                 ],
                 swap,
             )
-        pair(
-            "int8 / f32 img/s, batch 256",
-            lambda: measure_throughput(int8_stream, images, 256, config).images_per_second,
-            lambda: measure_throughput(f32_stream, images, 256, config).images_per_second,
-            swap,
-        )
+        int8_pair(swap)
         pair(
             "keras-predict p50 / f32 p50",
             lambda: measure_latency(seed_predict(keras), images, config).p50_ms,
@@ -127,7 +143,21 @@ def meets(value: float, target: str) -> bool:
     return value <= float(number) if sign == "<=" else value >= float(number)
 
 
-def report(model: str, pairs: dict[str, list]) -> list[str]:
+def int8_origin(run: str, model: str) -> str:
+    """How the model's INT8 IR was made, from the manifest: method, check verdict, f32 layers."""
+    record = (read_manifest(Path(run)).get("openvino", {}).get(model) or {}).get("int8") or {}
+    if not record:
+        return "int8: no record in the manifest"
+    precisions = record.get("layer_precisions") or {}
+    in_f32 = sorted(name for name, precision in precisions.items() if precision != "int8")
+    verdict = {True: "accepted", False: "NOT accepted"}.get(record.get("accepted"), "unchecked")
+    return (
+        f"int8: {record.get('method')}, {verdict}; compute layers in f32: "
+        f"{len(in_f32)} of {len(precisions)}" + (f" ({', '.join(in_f32)})" if in_f32 else "")
+    )
+
+
+def report(model: str, pairs: dict[str, list], origin: str = "") -> list[str]:
     """The printed table of one model: ratio medians, rounds, the figures, targets."""
     rows = []
     for name, values in pairs.items():
@@ -143,7 +173,7 @@ def report(model: str, pairs: dict[str, list]) -> list[str]:
         rows.append((name, f"{median:.2f}", rounds, figures, f"{target} {verdict}".strip()))
     header = ("ratio", "median", "rounds", "figures (medians)", "target")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [f"\n{model}"]
+    lines = [f"\n{model}" + (f"  ({origin})" if origin else "")]
     for row in [header, *rows]:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         lines.append("  " + "  ".join(cells).rstrip())
@@ -156,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument(
+        "--int8-only", action="store_true", help="only int8 / f32 images/s at batch 256"
+    )
     args = parser.parse_args(argv)
 
     machine = machine_info()
@@ -163,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# run {Path(args.run).resolve()}, {args.rounds} rounds, {args.seconds:g} s a figure")
     print("# figures: ms for latency ratios, images/s for throughput ratios")
     for model in args.models.split(","):
-        pairs = measure_pairs(args.run, model, args.rounds, args.seconds)
-        print("\n".join(report(model, pairs)), flush=True)
+        pairs = measure_pairs(args.run, model, args.rounds, args.seconds, args.int8_only)
+        print("\n".join(report(model, pairs, int8_origin(args.run, model))), flush=True)
     return 0
 
 

@@ -1,21 +1,24 @@
-"""Batch scoring speed and memory, against its two parts measured side by side.
+"""Batch scoring speed and memory, against its parts measured side by side, CSV and Parquet.
 
 Builds a CSV of 1,000,000 rows (the test split written 100 times by ``fmnist-batch data
-to-csv``) and a 100,000-row one, then measures in one run on this machine:
+to-csv``) and a 100,000-row one, the same rows as Parquet (label and pixel1..pixel784
+uint8 columns, row groups of 65,536 rows), then measures in one run on this machine:
 
-  parse   pyarrow.csv.read_csv on the whole 1M-row file (uint8 columns, as the scorer)
+  parse   pyarrow.csv.read_csv on the whole 1M-row CSV (uint8 columns, as the scorer)
+  read    pyarrow's own streaming read of the 1M-row Parquet file (record batches of the
+          scorer's size, every column)
   engine  the engine's throughput on batches of the scorer's size (images ready in memory)
-  score   ``fmnist-batch score`` on the 1M-row file, one process, rows/s from its marker
+  score   ``fmnist-batch score`` on each 1M-row file, one process, rows/s from its marker
 
-Parse and engine are measured before and after the scoring run and averaged, so a
-change in machine load during the run touches both sides alike. It prints
-score / (1 / (1/parse + 1/engine)) (target >= 0.8), and the peak RSS of the scoring
-process on the 1M-row and the 100k-row files (target < 1 GiB, and within 20 %).
+Parse, read and engine are measured before and after the scoring runs and averaged, so
+a change in machine load during the run touches both sides alike. It prints, per
+format, score / (1 / (1/parse + 1/engine)) (target >= 0.8), and the peak RSS of the
+scoring process on the 1M-row and the 100k-row files (target < 1 GiB, and within 20 %).
 
     python benchmarks/bench_score.py --run outputs/quick --model backup1
 
 Without ``--run`` a small run is made first (backup1 trained one epoch on 3,000 images,
-optimized and evaluated), which is enough for speed. The CSVs are deleted at the end.
+optimized and evaluated), which is enough for speed. The inputs are deleted at the end.
 """
 
 from __future__ import annotations
@@ -33,14 +36,19 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 import pyarrow.csv as pcsv  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
-from fmnist.scoring.csv_input import _PARSE, _convert_options, inspect_csv  # noqa: E402
+from fmnist.scoring.csv_input import inspect_csv  # noqa: E402
+from fmnist.scoring.csv_parse import PARSE_OPTIONS, convert_options  # noqa: E402
+from fmnist.scoring.parquet_input import BLOCK_BYTES_PER_ROW, READ_BUFFER_BYTES  # noqa: E402
 from fmnist.scoring.score import ScoreConfig, default_variant  # noqa: E402
 from fmnist.scoring.shards import marker_name  # noqa: E402
 
 FMNIST = [sys.executable, "-m", "fmnist"]
 GIB = 1 << 30
+GROUP_ROWS = 65_536
 
 
 def cli(*args: str) -> None:
@@ -65,14 +73,51 @@ def parse_rate(path: Path) -> tuple[float, float]:
     table = pcsv.read_csv(
         path,
         read_options=pcsv.ReadOptions(column_names=csv.columns, skip_rows=int(csv.has_header)),
-        parse_options=_PARSE,
-        convert_options=_convert_options(csv),
+        parse_options=PARSE_OPTIONS,
+        convert_options=convert_options(csv),
     )
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started
     rows = table.num_rows
     del table
     return rows / seconds, rows / cpu_seconds
+
+
+def csv_to_parquet(source: Path, target: Path, group_rows: int = GROUP_ROWS) -> None:
+    """The CSV's rows as Parquet with uint8 label and pixel columns, streamed (flat memory)."""
+    csv = inspect_csv(source)
+    reader = pcsv.open_csv(
+        source,
+        read_options=pcsv.ReadOptions(
+            column_names=csv.columns, skip_rows=int(csv.has_header), block_size=16 << 20
+        ),
+        parse_options=PARSE_OPTIONS,
+        convert_options=convert_options(csv),
+    )
+    with pq.ParquetWriter(target, reader.schema) as writer:
+        pending: list[pa.RecordBatch] = []
+        for batch in reader:
+            pending.append(batch)
+            table = pa.Table.from_batches(pending)
+            whole = table.num_rows // group_rows * group_rows
+            if whole:
+                writer.write_table(table.slice(0, whole), row_group_size=group_rows)
+                pending = table.slice(whole).to_batches()
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending), row_group_size=group_rows)
+
+
+def read_rate(path: Path) -> tuple[float, float]:
+    """Rows per second and per CPU second of pyarrow's streaming read of a Parquet file.
+
+    Record batches of the scorer's size, read as the scorer reads them (no pre-buffering).
+    """
+    batch_rows = ScoreConfig.block_bytes // BLOCK_BYTES_PER_ROW
+    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
+    rows, started, cpu_started = 0, time.perf_counter(), time.process_time()
+    for batch in parquet.iter_batches(batch_size=batch_rows):
+        rows += batch.num_rows
+    return rows / (time.perf_counter() - started), rows / (time.process_time() - cpu_started)
 
 
 def engine_rate(
@@ -113,15 +158,67 @@ def score_process(path: Path, run: Path, model: str, variant: str, out: Path) ->
     return marker
 
 
+def _mean(runs: list[tuple[float, float]], which: int) -> float:
+    return float(np.mean([run[which] for run in runs]))
+
+
+def compare(name: str, source: dict, engine: list, scored: dict, small: dict) -> dict:
+    """One format's figures: its reader and the engine against ``score``, and its memory."""
+    ideal = 1 / (1 / _mean(source["runs"], 0) + 1 / _mean(engine, 0))
+    ideal_cpu = 1 / (1 / _mean(source["runs"], 1) + 1 / _mean(engine, 1))
+    rate_cpu = scored["rows_read"] / scored["cpu_seconds"]
+    # The scoring process's own peak (VmHWM), recorded in its marker: the wait4 figure
+    # would include this benchmark's memory, which the child was forked from.
+    rss_big, rss_small = scored["peak_rss_bytes"], small["peak_rss_bytes"]
+    return {
+        "format": name,
+        "reader": source["reader"],
+        "reader_rows_per_second": [round(run[0]) for run in source["runs"]],
+        "reader_rows_per_cpu_second": [round(run[1]) for run in source["runs"]],
+        "ideal_rows_per_second": round(ideal),
+        "score_rows_per_second": round(scored["rows_per_second"]),
+        "score_wall_rows_per_second": round(scored["rows_read"] / scored["wall_seconds"]),
+        "ratio_to_ideal": round(scored["rows_per_second"] / ideal, 3),
+        "score_rows_per_cpu_second": round(rate_cpu),
+        "ratio_to_ideal_cpu": round(rate_cpu / ideal_cpu, 3),
+        "rows": scored["rows_read"],
+        "rows_small": small["rows_read"],
+        "peak_rss_mib_big": round(rss_big / 2**20),
+        "peak_rss_mib_small": round(rss_small / 2**20),
+        "peak_rss_growth": round(rss_big / rss_small - 1, 3),
+    }
+
+
+def report(figures: dict) -> bool:
+    """Print one format's figures; True when both targets are met."""
+    ideal, reader = figures["ideal_rows_per_second"], figures["reader"]
+    runs = figures["reader_rows_per_second"]
+    print(f"{figures['format']}:")
+    print(f"  {reader:<26} {np.mean(runs):>10,.0f} rows/s   runs: {runs}")
+    print(f"  ideal 1/(1/{reader.split()[0]}+1/engine) {ideal:>8,} rows/s")
+    print(f"  score (end to end)         {figures['score_rows_per_second']:>10,} rows/s   "
+          f"({figures['score_wall_rows_per_second']:,} counting start-up)")  # fmt: skip
+    ratio, growth = figures["ratio_to_ideal"], figures["peak_rss_growth"]
+    ok_rate = ratio >= 0.8
+    ok_rss = figures["peak_rss_mib_big"] < 1024 and abs(growth) <= 0.2
+    print(f"  score / ideal = {ratio:.2f}  (target >= 0.8: {'PASS' if ok_rate else 'FAIL'}); "
+          f"in CPU time {figures['ratio_to_ideal_cpu']:.2f}")  # fmt: skip
+    verdict = "PASS" if ok_rss else "FAIL"
+    print(f"  peak RSS {figures['rows']:,} rows: {figures['peak_rss_mib_big']:,} MiB, "
+          f"{figures['rows_small']:,} rows: {figures['peak_rss_mib_small']:,} MiB, growth "
+          f"{growth:+.1%}  (target < 1024 MiB and within 20 %: {verdict})")  # fmt: skip
+    return ok_rate and ok_rss
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="run directory with the model (else made)")
     parser.add_argument("--model", default="backup1")
     parser.add_argument("--variant", help="default: what `fmnist-batch score` picks")
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the big CSV")
-    parser.add_argument("--workdir", type=Path, help="where the CSVs go (default: a temp dir)")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the big input")
+    parser.add_argument("--workdir", type=Path, help="where the inputs go (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--keep", action="store_true", help="keep the CSVs")
+    parser.add_argument("--keep", action="store_true", help="keep the inputs")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-score-", dir=args.workdir))
@@ -131,84 +228,70 @@ def main() -> int:
         batch_size = ScoreConfig.batch_size
         repeat = max(1, args.rows // 10_000)
         big, small = workdir / "score-big.csv", workdir / "score-small.csv"
-        print(f"writing {repeat * 10_000:,} and {repeat * 1_000:,}-row CSVs", flush=True)
+        big_pq, small_pq = big.with_suffix(".parquet"), small.with_suffix(".parquet")
+        print(f"writing {repeat * 10_000:,} and {repeat * 1_000:,}-row CSVs and Parquet files",
+              flush=True)  # fmt: skip
         cli("data", "to-csv", "--split", "test", "--repeat", str(repeat), "--out", str(big))
         cli("data", "to-csv", "--split", "test", "--repeat", str(max(1, repeat // 10)),
             "--out", str(small))  # fmt: skip
+        csv_to_parquet(big, big_pq)
+        csv_to_parquet(small, small_pq)
         load_before = os.getloadavg()[0]
 
-        parse, engine = [], []
-        print("measuring parse and engine rates", flush=True)
-        parse.append(parse_rate(big))
-        engine.append(engine_rate(run, args.model, variant, batch_size, 100_000))
-        print(f"scoring {big.name} ({big.stat().st_size / GIB:.2f} GiB)", flush=True)
-        scored = score_process(big, run, args.model, variant, workdir / "out-big")
-        print("measuring parse and engine rates again", flush=True)
-        parse.append(parse_rate(big))
-        engine.append(engine_rate(run, args.model, variant, batch_size, 100_000))
-        print(f"scoring {small.name}", flush=True)
-        scored_small = score_process(small, run, args.model, variant, workdir / "out-small")
+        parse = {"reader": "parse (pyarrow read_csv)", "runs": []}
+        read = {"reader": "read (pyarrow Parquet)", "runs": []}
+        engine: list[tuple[float, float]] = []
+
+        def measure_parts() -> None:
+            parse["runs"].append(parse_rate(big))
+            read["runs"].append(read_rate(big_pq))
+            engine.append(engine_rate(run, args.model, variant, batch_size, 100_000))
+
+        print("measuring parse, read and engine rates", flush=True)
+        measure_parts()
+        scored = {}
+        for name, path in (("csv", big), ("parquet", big_pq)):
+            print(f"scoring {path.name} ({path.stat().st_size / GIB:.2f} GiB)", flush=True)
+            scored[name] = score_process(path, run, args.model, variant, workdir / f"out-{name}")
+        print("measuring parse, read and engine rates again", flush=True)
+        measure_parts()
+        scored_small = {}
+        for name, path in (("csv", small), ("parquet", small_pq)):
+            print(f"scoring {path.name}", flush=True)
+            scored_small[name] = score_process(
+                path, run, args.model, variant, workdir / f"out-small-{name}"
+            )
         load_after = os.getloadavg()[0]
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    parse_mean, engine_mean = (float(np.mean([r[0] for r in runs])) for runs in (parse, engine))
-    ideal = 1 / (1 / parse_mean + 1 / engine_mean)
-    rate = scored["rows_per_second"]
-    ratio = rate / ideal
-    # The same in CPU time: steadier than wall time when other jobs share the machine.
-    parse_cpu, engine_cpu = (float(np.mean([r[1] for r in runs])) for runs in (parse, engine))
-    ideal_cpu = 1 / (1 / parse_cpu + 1 / engine_cpu)
-    rate_cpu = scored["rows_read"] / scored["cpu_seconds"]
-    # The scoring process's own peak (VmHWM), recorded in its marker: the wait4 figure
-    # would include this benchmark's memory, which the child was forked from.
-    rss_big, rss_small = scored["peak_rss_bytes"], scored_small["peak_rss_bytes"]
-    rss_growth = rss_big / rss_small - 1
+    engine_mean = _mean(engine, 0)
+    formats = [
+        compare("CSV", parse, engine, scored["csv"], scored_small["csv"]),
+        compare("Parquet", read, engine, scored["parquet"], scored_small["parquet"]),
+    ]
     figures = {
         "model": args.model,
         "variant": variant,
-        "executed_precision": scored["executed_precision"],
-        "rows": scored["rows_read"],
-        "parse_rows_per_second": [round(p[0]) for p in parse],
+        "executed_precision": scored["csv"]["executed_precision"],
+        "batch_size": batch_size,
         "engine_images_per_second": [round(e[0]) for e in engine],
-        "parse_rows_per_cpu_second": [round(p[1]) for p in parse],
         "engine_images_per_cpu_second": [round(e[1]) for e in engine],
-        "score_rows_per_cpu_second": round(rate_cpu),
-        "ratio_to_ideal_cpu": round(rate_cpu / ideal_cpu, 3),
-        "ideal_rows_per_second": round(ideal),
-        "score_rows_per_second": round(rate),
-        "score_wall_rows_per_second": round(scored["rows_read"] / scored["wall_seconds"]),
-        "ratio_to_ideal": round(ratio, 3),
-        "peak_rss_mib_big": round(rss_big / 2**20),
-        "peak_rss_mib_small": round(rss_small / 2**20),
-        "peak_rss_growth": round(rss_growth, 3),
+        "formats": formats,
         "load_average": [round(load_before, 1), round(load_after, 1)],
         "cpus": len(os.sched_getaffinity(0)),
     }
     print()
-    print(f"model {args.model}, variant {variant} ({scored['executed_precision']}), "
+    print(f"model {args.model}, variant {variant} ({figures['executed_precision']}), "
           f"batch {batch_size}, {figures['cpus']} CPUs, load {load_before:.1f} -> "
           f"{load_after:.1f}")  # fmt: skip
-    runs = figures["parse_rows_per_second"], figures["engine_images_per_second"]
-    print(f"parse  (pyarrow read_csv)  {parse_mean:>10,.0f} rows/s   runs: {runs[0]}")
-    print(f"engine (throughput mode)   {engine_mean:>10,.0f} rows/s   runs: {runs[1]}")
-    print(f"ideal 1/(1/parse+1/engine) {ideal:>10,.0f} rows/s")
-    wall = figures["score_wall_rows_per_second"]
-    print(f"score  (end to end)        {rate:>10,.0f} rows/s   ({wall:,} counting start-up)")
-    ok_rate = ratio >= 0.8
-    ok_rss = rss_big < GIB and abs(rss_growth) <= 0.2
-    print(f"score / ideal = {ratio:.2f}  (target >= 0.8: {'PASS' if ok_rate else 'FAIL'})")
-    print(f"in CPU time: parse {parse_cpu:,.0f}, engine {engine_cpu:,.0f}, ideal "
-          f"{ideal_cpu:,.0f}, score {rate_cpu:,.0f} rows per CPU second: "
-          f"score / ideal = {rate_cpu / ideal_cpu:.2f}")  # fmt: skip
-    print(f"peak RSS {scored['rows_read']:,} rows: {rss_big / 2**20:,.0f} MiB, "
-          f"{scored_small['rows_read']:,} rows: {rss_small / 2**20:,.0f} MiB, "
-          f"growth {rss_growth:+.1%}  (target < 1024 MiB and within 20 %: "
-          f"{'PASS' if ok_rss else 'FAIL'})")  # fmt: skip
+    print(f"engine (throughput mode)     {engine_mean:>10,.0f} rows/s   runs: "
+          f"{figures['engine_images_per_second']}")  # fmt: skip
+    passed = [report(one) for one in formats]
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    return 0 if ok_rate and ok_rss else 1
+    return 0 if all(passed) else 1
 
 
 if __name__ == "__main__":

@@ -215,7 +215,8 @@ run_option = click.option(
     default="seed",
     show_default=True,
     help="seed: the report's recipe; tuned: label smoothing + best-epoch restore; "
-    "tuned-wd: tuned with decoupled weight decay; tuned-flip: tuned with horizontal flips.",
+    "tuned-wd: tuned with decoupled weight decay; tuned-flip: tuned with horizontal flips; "
+    "quick: for runs of 1-3 epochs (faster BatchNorm statistics).",
 )
 @click.option(
     "--augment/--no-augment",
@@ -306,14 +307,14 @@ def evaluate_command(run, model, variant, limit, skip_unsupported, data_dir):
     type=int,
     default=3000,
     show_default=True,
-    help="Held-out validation images the INT8 accuracy drop is checked on.",
+    help="Held-out validation images INT8 is checked against f32 on.",
 )
 @click.option(
     "--max-drop",
     type=float,
     default=None,
-    help="Accuracy points INT8 may lose before stronger quantization is tried "
-    "[default: 0.3, the INT8 acceptance bound].",
+    help="Accuracy points INT8 may lose against f32 [default: 0.3, the INT8 acceptance "
+    "bound]; loss, confidence and mean |Δp| are checked too.",
 )
 @click.option(
     "--dense-as-conv/--no-dense-as-conv",
@@ -329,30 +330,36 @@ def optimize_command(
     """Convert a trained model to OpenVINO IR (f32 weights, dynamic batch), optionally INT8.
 
     Writes RUN/models/<model>/openvino/f32/model.xml (+ .bin) and, with --int8,
-    .../int8/model.xml; SHA-256s and the INT8 accuracy check go into the manifest.
+    .../int8/model.xml, checked against f32 on validation images (accuracy, loss, mean
+    confidence, mean |Δp|); SHA-256s and the check's figures go into the manifest.
 
     \b
     Example:
       fmnist-batch optimize --run outputs/try --model backup1 --int8
     """
-    from fmnist.engines.optimize import INT8_MAX_DROP, OptimizeConfig, optimize_model
+    from fmnist.engines.int8_check import Int8Bounds
+    from fmnist.engines.optimize import OptimizeConfig, optimize_model
 
+    bounds = Int8Bounds() if max_drop is None else Int8Bounds(max_drop=max_drop / 100)
     config = OptimizeConfig(
         model=model,
         int8=int8,
         calibration_size=calibration_size,
         validation_size=validation_size,
-        max_drop=INT8_MAX_DROP if max_drop is None else max_drop / 100,
+        bounds=bounds,
         dense_as_conv=dense_as_conv,
         data_dir=data_dir,
     )
     result = optimize_model(run or default_run_dir(), config, progress=_progress)
     click.echo(f"{model}: f32 IR {result.f32_xml} (max |IR - Keras| {result.f32_max_abs_diff:.1e})")
     if result.int8_xml:
-        info = result.int8
+        info, check = result.int8, result.int8["check"]
         click.echo(
-            f"{model}: int8 IR {result.int8_xml} ({info['method']}; validation accuracy f32 "
-            f"{info['f32_validation_accuracy']:.4f}, int8 {info['int8_validation_accuracy']:.4f})"
+            f"{model}: int8 IR {result.int8_xml} ({info['method']}; on validation images f32 / "
+            f"int8 accuracy {check['f32_accuracy']:.4f} / {check['int8_accuracy']:.4f}, loss "
+            f"{check['f32_loss']:.4f} / {check['int8_loss']:.4f}, mean confidence "
+            f"{check['f32_confidence']:.4f} / {check['int8_confidence']:.4f}, mean |Δp| "
+            f"{check['mean_abs_dp']:.4f}; {'accepted' if info['accepted'] else 'NOT accepted'})"
         )
 
 
@@ -651,18 +658,30 @@ def jobenv_command(as_json, save):
     show_default=True,
     help="reject: write bad rows to rejects-*.parquet and go on; fail: stop at the first.",
 )
+@click.option(
+    "--max-rejects",
+    default="1%",
+    show_default=True,
+    metavar="N|P%",
+    help="Most rejected rows a shard may have: a count, or a percentage of its rows. "
+    "A shard past it keeps no files and the command exits non-zero; finished shards stay.",
+)
 @click.option("--probabilities", is_flag=True, help="Also write prob_0..prob_9.")
 @click.option(
     "--batch-size", type=int, default=256, show_default=True, help="Images per engine call."
 )
 @click.option(
-    "--block-mb", type=int, default=16, show_default=True, help="MiB of CSV parsed per block."
+    "--block-mb",
+    type=int,
+    default=16,
+    show_default=True,
+    help="MiB of input parsed per block (CSV text, or Parquet pixels).",
 )
 def score_command(
-    input_csv, run, model, variant, shard, workers, out, on_bad_row, probabilities,
-    batch_size, block_mb,
+    input_csv, run, model, variant, shard, workers, out, on_bad_row, max_rejects,
+    probabilities, batch_size, block_mb,
 ):  # fmt: skip
-    """Score a Kaggle-format CSV (plain or .gz) to Parquet, in resumable shards.
+    """Score images in Kaggle-format CSV (plain or .gz) or Parquet to Parquet, in resumable shards.
 
     Each shard writes part-I-of-N.parquet, rejects-I-of-N.parquet and a success
     marker; running the same command again skips finished shards.
@@ -671,7 +690,7 @@ def score_command(
     Example:
       fmnist-batch score outputs/test.csv --run outputs/quick --model backup1
       fmnist-batch score big.csv --run RUN --model backup1 --shard auto/8
-      fmnist-batch score big.csv --run RUN --model backup1 --shard all/4 --workers 2
+      fmnist-batch score big.parquet --run RUN --model backup1 --shard all/4 --workers 2
     """
     from fmnist.scoring.score import (
         ScoreConfig,
@@ -696,6 +715,7 @@ def score_command(
         out_dir=Path(out) if out else default_out_dir(run, input_csv, model),
         shards=count,
         on_bad_row=on_bad_row,
+        max_rejects=max_rejects,
         probabilities=probabilities,
         batch_size=batch_size,
         block_bytes=block_mb << 20,
@@ -717,7 +737,7 @@ def score_command(
     "input_csv",
     type=click.Path(dir_okay=False),
     default=None,
-    help="The scored CSV, when it moved since scoring (default: the path in the markers).",
+    help="The scored input, when it moved since scoring (default: the path in the markers).",
 )
 @click.option(
     "--merge",
@@ -729,7 +749,8 @@ def verify_command(directory, input_csv, merge):
     """Check a predictions directory: every shard finished, every input row accounted for.
 
     Exits non-zero naming the first discrepancy: a missing part or marker, a marker
-    that disagrees with its files or the input, a row neither predicted nor rejected.
+    that disagrees with its files or the input, a row neither predicted nor rejected,
+    rejects past the --max-rejects a shard was scored with.
 
     \b
     Example:
@@ -738,10 +759,7 @@ def verify_command(directory, input_csv, merge):
     from fmnist.scoring.verify import merge_parts, verify_predictions
 
     result = verify_predictions(directory, input_csv, progress=_progress)
-    click.echo(
-        f"ok: {result.shards} shard(s), {result.rows} input rows = {result.predicted} "
-        f"predicted + {result.rejected} rejected ({result.input})"
-    )
+    click.echo(f"ok: {result.summary()} ({result.input})")
     if merge:
         rows = merge_parts(result, merge)
         click.echo(f"merged {rows} predictions into {merge}")

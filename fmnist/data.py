@@ -251,51 +251,6 @@ def verify_dataset(data_dir: Path | str | None = None) -> list[FileCheck]:
 # --------------------------------------------------------------------------- CSV
 
 
-def _parse_csv_line(line: str, path: Path, line_number: int) -> list[int]:
-    fields = line.rstrip("\r\n").split(",")
-    if len(fields) != PIXELS + 1:
-        raise FmnistError(
-            f"{path}:{line_number}: expected {PIXELS + 1} fields (label + {PIXELS} pixels), "
-            f"got {len(fields)}"
-        )
-    try:
-        values = [int(field) for field in fields]
-    except ValueError as exc:
-        raise FmnistError(f"{path}:{line_number}: non-integer value ({exc})") from exc
-    if not 0 <= values[0] <= 9:
-        raise FmnistError(f"{path}:{line_number}: label {values[0]} outside 0-9")
-    bad = [v for v in values[1:] if not 0 <= v <= 255]
-    if bad:
-        raise FmnistError(f"{path}:{line_number}: pixel value {bad[0]} outside 0-255")
-    return values
-
-
-def _open_text(path: Path):
-    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
-
-
-def load_csv(path: Path | str) -> Split:
-    """Load a Kaggle-format CSV (``label,pixel1..pixel784``, header optional, may be .gz).
-
-    Any malformed row raises an error naming the file and line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FmnistError(f"{path}: file not found")
-    rows = []
-    with _open_text(path) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if line_number == 1 and line.split(",", 1)[0].strip().strip('"') == "label":
-                continue
-            if not line.strip():
-                continue
-            rows.append(_parse_csv_line(line, path, line_number))
-    if not rows:
-        raise FmnistError(f"{path}: no data rows")
-    array = np.asarray(rows, dtype=np.uint8)
-    return Split(array[:, 1:].reshape(-1, *IMAGE_SHAPE), array[:, 0])
-
-
 def csv_lines(split: Split, header: bool = True) -> Iterator[str]:
     """Kaggle-format CSV lines for a split."""
     if header:

@@ -1,4 +1,10 @@
-"""Test-set evaluation of any engine: loss, accuracy, per-class metrics, confusion matrix."""
+"""Test-set evaluation of any engine: loss, accuracy, per-class metrics, confusion matrix.
+
+Every evaluation also records the mean top-1 confidence; the reduced-precision OpenVINO
+variants (bf16, int8) also their mean |Δp| against openvino-f32 on the same images,
+which is what the INT8 check (``fmnist.engines.int8_check.Int8Check``) reads besides
+accuracy and loss.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +18,20 @@ import numpy as np
 import pandas as pd
 
 from fmnist.data import CLASS_NAMES, load_dataset, to_model_input
-from fmnist.engines import check_variant, create_engine, predict_in_batches
+from fmnist.engines import check_variant, create_engine, predict_in_batches, variant_artifact
+from fmnist.engines.int8_check import MEAN_ABS_DP_COLUMN
 from fmnist.engines.keras import prepare_process, required_env, run_with_setting
 from fmnist.engines.openvino import VariantUnsupported
 from fmnist.io import FmnistError, RunLayout, update_manifest, write_parquet_atomic
 from fmnist.jobenv import record_job
 from fmnist.plots import plot_confusion_matrix
+from fmnist.probabilities import cross_entropy, mean_abs_difference, mean_confidence
 
 NUM_CLASSES = len(CLASS_NAMES)
+# bf16 and int8 are compared with f32 on the same images (mean |Δp|, and in the report
+# the accuracy and loss changes).
+F32_REFERENCE = "openvino-f32"
+COMPARED_WITH_F32 = ("openvino-bf16", "openvino-int8")
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,8 @@ class Evaluation:
     images: int
     seconds: float
     executed_precision: str
+    mean_confidence: float = float("nan")  # mean top-1 probability
+    mean_abs_dp_vs_f32: float = float("nan")  # mean |p - p_openvino-f32|; NaN: not compared
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int = NUM_CLASSES) -> np.ndarray:
@@ -86,12 +100,6 @@ def per_class_metrics(matrix: np.ndarray, names=CLASS_NAMES) -> pd.DataFrame:
     return pd.concat([frame, averages], ignore_index=True)
 
 
-def cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Mean categorical cross-entropy of predicted probabilities against integer labels."""
-    picked = probabilities[np.arange(len(labels)), np.asarray(labels, int)]
-    return float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
-
-
 def evaluate_probabilities(
     probabilities: np.ndarray,
     labels: np.ndarray,
@@ -99,8 +107,12 @@ def evaluate_probabilities(
     variant: str,
     seconds: float = 0.0,
     executed_precision: str = "f32",
+    reference: np.ndarray | None = None,
 ) -> Evaluation:
-    """All metrics from an engine's probabilities and the true labels."""
+    """All metrics from an engine's probabilities and the true labels.
+
+    ``reference``: openvino-f32's probabilities on the same images, for mean |Δp|.
+    """
     predictions = probabilities.argmax(axis=1)
     matrix = confusion_matrix(labels, predictions)
     return Evaluation(
@@ -113,6 +125,10 @@ def evaluate_probabilities(
         images=len(labels),
         seconds=seconds,
         executed_precision=executed_precision,
+        mean_confidence=mean_confidence(probabilities),
+        mean_abs_dp_vs_f32=(
+            float("nan") if reference is None else mean_abs_difference(probabilities, reference)
+        ),
     )
 
 
@@ -131,7 +147,14 @@ def classification_report(evaluation: Evaluation) -> str:
             f"{row.name:>{width}}{row.precision:>11.4f}{row.recall:>9.4f}"
             f"{row.f1:>10.4f}{row.support:>9}"
         )
-    lines += ["", f"Loss: {evaluation.loss:.4f}", f"Accuracy: {evaluation.accuracy:.4f}"]
+    lines += [
+        "",
+        f"Loss: {evaluation.loss:.4f}",
+        f"Accuracy: {evaluation.accuracy:.4f}",
+        f"Mean confidence: {evaluation.mean_confidence:.4f}",
+    ]
+    if not np.isnan(evaluation.mean_abs_dp_vs_f32):
+        lines.append(f"Mean |Δp| vs {F32_REFERENCE}: {evaluation.mean_abs_dp_vs_f32:.4f}")
     return "\n".join(lines)
 
 
@@ -142,6 +165,8 @@ def metrics_frame(evaluation: Evaluation) -> pd.DataFrame:
     frame.insert(0, "model", evaluation.model)
     frame["accuracy"] = evaluation.accuracy
     frame["loss"] = evaluation.loss
+    frame["mean_confidence"] = evaluation.mean_confidence
+    frame[MEAN_ABS_DP_COLUMN] = evaluation.mean_abs_dp_vs_f32
     frame["images"] = evaluation.images
     frame["seconds"] = evaluation.seconds
     frame["executed_precision"] = evaluation.executed_precision
@@ -179,11 +204,17 @@ def write_evaluation(evaluation: Evaluation, run: Path | str) -> dict[str, Path]
         {
             "accuracy": evaluation.accuracy,
             "loss": evaluation.loss,
+            "mean_confidence": evaluation.mean_confidence,
+            MEAN_ABS_DP_COLUMN: _json_number(evaluation.mean_abs_dp_vs_f32),
             "images": evaluation.images,
             "executed_precision": evaluation.executed_precision,
         },
     )
     return paths
+
+
+def _json_number(value: float) -> float | None:
+    return None if np.isnan(value) else value
 
 
 def record_skipped_evaluation(run: Path | str, model: str, variant: str, reason: str) -> None:
@@ -199,14 +230,29 @@ def evaluate_model(
     data_dir: str | None = None,
     batch_size: int = 256,
 ) -> Evaluation:
-    """Run ``model`` as ``variant`` on the test set (first ``limit`` images) and write results."""
+    """Run ``model`` as ``variant`` on the test set (first ``limit`` images) and write results.
+
+    bf16 and int8 are also compared with openvino-f32 on the same images, where its IR
+    exists (mean |Δp|).
+    """
     engine = create_engine(run, model, variant, mode="throughput")
     test = load_dataset(data_dir).test.head(limit)
+    images = to_model_input(test.images)
     started = time.perf_counter()
-    probabilities = predict_in_batches(engine, to_model_input(test.images), batch_size)
+    probabilities = predict_in_batches(engine, images, batch_size)
     seconds = time.perf_counter() - started
+    reference = None
+    if variant in COMPARED_WITH_F32 and variant_artifact(run, model, F32_REFERENCE).is_file():
+        f32 = create_engine(run, model, F32_REFERENCE, mode="throughput")
+        reference = predict_in_batches(f32, images, batch_size)
     evaluation = evaluate_probabilities(
-        probabilities, test.labels, model, variant, seconds, engine.info.executed_precision
+        probabilities,
+        test.labels,
+        model,
+        variant,
+        seconds,
+        engine.info.executed_precision,
+        reference=reference,
     )
     write_evaluation(evaluation, run)
     return evaluation

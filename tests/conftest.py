@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -204,5 +205,78 @@ def real_csv_factory(tmp_path_factory, dataset_dir):
             assert result.exit_code == 0, result.output
             written[rows] = path
         return written[rows]
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory) -> Path:
+    """A fresh virtualenv with fmnist-batch installed from this checkout as a wheel.
+
+    Its heavy dependencies (TensorFlow, OpenVINO) come from the test interpreter's
+    site-packages through a .pth file rather than a second download; fmnist itself
+    is built and installed into the new environment.
+    """
+    venv = tmp_path_factory.mktemp("wheel") / "venv"
+    subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "zz-test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps"]
+        + ["--no-build-isolation", str(PROJECT)],
+        check=True,
+        capture_output=True,
+    )
+    return venv
+
+
+def wheel_cli(venv: Path, *args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    """``fmnist-batch ARGS`` of the installed wheel, run in ``cwd`` (outside the checkout)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FMNIST_")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return subprocess.run(
+        [str(venv / "bin" / "fmnist-batch"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="session")
+def images_parquet(dataset):
+    """Write the first ``rows`` real test images as Parquet in a layout `score` reads.
+
+    ``layout`` is ``columns`` (label, pixel1..pixel784), ``fixed-list`` or ``list`` (one
+    column ``pixels`` of 784 values); ``dtype`` is the values' type; ``edit`` may change
+    the (rows, 784) pixels and labels (as float64, NaN for null) before writing.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def write(path, rows, layout="columns", dtype="uint8", label=True, group_rows=70, edit=None):
+        pixels = dataset.test.images[:rows].reshape(rows, -1).astype(np.float64)
+        labels = dataset.test.labels[:rows].astype(np.float64)
+        if edit is not None:
+            edit(pixels, labels)
+
+        def values(array):
+            missing = np.isnan(array)
+            return pa.array(np.where(missing, 0, array).astype(dtype), mask=missing)
+
+        columns = {"label": values(labels)} if label else {}
+        if layout == "columns":
+            columns.update({f"pixel{i + 1}": values(pixels[:, i]) for i in range(pixels.shape[1])})
+        else:
+            flat = values(pixels.ravel())
+            if layout == "fixed-list":
+                columns["pixels"] = pa.FixedSizeListArray.from_arrays(flat, pixels.shape[1])
+            else:
+                offsets = pa.array(np.arange(0, len(flat) + 1, pixels.shape[1]), pa.int32())
+                columns["pixels"] = pa.ListArray.from_arrays(offsets, flat)
+        pq.write_table(pa.table(columns), path, row_group_size=group_rows)
+        return path
 
     return write

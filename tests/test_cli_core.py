@@ -67,7 +67,7 @@ def test_unknown_recipe_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "error: unknown recipe 'fast'; valid: seed, tuned, tuned-wd, tuned-flip"
+        "error: unknown recipe 'fast'; valid: seed, tuned, tuned-wd, tuned-flip, quick"
     ]
 
 

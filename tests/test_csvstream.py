@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,19 +12,19 @@ import pytest
 from fmnist.data import CSV_HEADER, PIXELS
 from fmnist.io import FmnistError
 from fmnist.scoring.csv_input import (
-    Block,
+    CsvInput,
     count_data_rows,
     in_gzip_shard,
-    input_fingerprint,
     inspect_csv,
     iter_gzip_blocks,
     iter_range_blocks,
-    parse_block,
     rows_in_range,
     shard_bounds,
 )
 from fmnist.scoring.csv_input import byte_range as shard_range
-from fmnist.scoring.csv_input import check_row as check
+from fmnist.scoring.csv_parse import SPECIAL, Block, _fast, parse_block
+from fmnist.scoring.csv_parse import check_row as check
+from fmnist.scoring.inputs import input_fingerprint
 
 ROWS = 120
 
@@ -168,16 +169,42 @@ def test_check_row_values_and_reasons():
         assert check(make(list(good)).encode(), True)[1] == kind
     cases = {
         "-1": ("label_out_of_range", "label is -1"),
+        "-1.0": ("label_out_of_range", "label is -1.0"),
+        "10.0": ("label_out_of_range", "label is 10.0, outside 0-9"),
         "0x1": ("non_integer", "label is '0x1'"),
-        "5.0": ("non_integer", "not written as a plain integer"),
         "inf": ("non_integer", "not an integer"),
-        "+5": ("non_integer", "not written as a plain integer"),
+        "+5": ("non_integer", "not written as a plain number"),
+        "1e0": ("non_integer", "not written as a plain number"),
+        "5.5": ("fractional", "label is 5.5, fractional"),
+        '"7': ("non_integer", "label is '\"7'"),
+        '"7"8': ("non_integer", "not an integer"),
+        '""': ("empty_value", "label is empty"),
     }
     for label, (kind, reason) in cases.items():
         _, got_kind, got_reason = check(",".join([label] + good[1:]).encode(), True)
-        assert (got_kind, reason in got_reason) == (kind, True), label
+        assert (got_kind, reason in got_reason) == (kind, True), (label, got_reason)
     _, kind, reason = check(",".join(good[:5] + ["300"] + good[6:]).encode(), True)
     assert (kind, reason) == ("over_255", "pixel5 is 300, above 255")
+    _, kind, reason = check(",".join(good[:5] + ["255.5"] + good[6:]).encode(), True)
+    assert (kind, reason) == ("fractional", "pixel5 is 255.5, fractional")
+    _, kind, reason = check(",".join(good[:5] + ["256.0"] + good[6:]).encode(), True)
+    assert (kind, reason) == ("over_255", "pixel5 is 256.0, above 255")
+
+
+def test_quoted_fields_are_values():
+    # RFC 4180 quoting, as csv.QUOTE_ALL writers produce it, with padding in or out.
+    row = ["7", "0", "12", "255"] + ["1"] * (PIXELS - 3)
+    values, kind, _ = check(",".join(f'"{v}"' for v in row).encode(), True)
+    assert (values, kind) == ([int(v) for v in row], "")
+    padded = [' "7" ', '" 0 "', "12", '"255"\t'] + ["1"] * (PIXELS - 3)
+    assert check(",".join(padded).encode(), True)[0] == [int(v) for v in row]
+
+
+def test_whole_numbers_written_as_floats_are_values():
+    # pandas writes an integer column that once held a NaN as 12.0.
+    row = ["7.0", "0.0", "12.0", "255.000", "3.", ".0", '"4.0"'] + ["1"] * (PIXELS - 6)
+    values, kind, _ = check(",".join(row).encode(), True)
+    assert (values[:7], kind) == ([7, 0, 12, 255, 3, 0, 4], "")
 
 
 def test_every_reject_kind_is_recorded_with_line_and_raw_text(tmp_path, lines, dataset):
@@ -216,6 +243,104 @@ def test_results_do_not_depend_on_block_size(tmp_path, lines):
         ids, pixels, labels, rejects = read_all(csv, block_bytes)
         assert np.array_equal(ids, reference[0]) and np.array_equal(pixels, reference[1])
         assert np.array_equal(labels, reference[2]) and rejects == reference[3]
+
+
+# Values whose fate pyarrow's readers could decide otherwise than the exact path.
+TRICKY = [
+    '"7"8', '"7', '7"', '""', '"1,2"', ' "7" ', '"7"', '""7""', '"12.0"', "1e1", "+5",
+    "5.", ".0", ".", "1.2.3", "12.5", "255.0", "256.0", "nan", "-0.0", "-0", "0x1", "1_0",
+    "1 .0", "0.999999999999999999999", "07", "\t8 ", "inf",
+]  # fmt: skip
+
+
+# Values the fast path must read itself in a plain block (FAST) or among quoted fields
+# (FAST_QUOTED); the others it may leave to the exact path, never read otherwise.
+FAST = ["5.", ".0", "255.0", "07", "\t8 ", "0.999999999999999999999"]
+FAST_QUOTED = ['"7"', '"12.0"', '" 7 "']
+TRICKY = FAST + FAST_QUOTED + [' "7" ',
+    '"7"8', '"7', '7"', '""', '"1,2"', '""7""', "1e1", "+5", ".", "1.2.3", "12.5", "256.0",
+    "nan", "-0.0", "-0", "0x1", "1_0", "1 .0", "inf", '"', '1,"',
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("quote_all", [False, True])
+def test_fast_path_takes_a_block_only_when_the_exact_path_accepts_it_all(lines, quote_all):
+    # One tricky value in pixel 300 of a block of real rows (every other field quoted
+    # with quote_all): pyarrow may take the block only if every line passes alone, and
+    # must then read the same values.
+    csv = CsvInput(Path("t.csv"), False, 0, 0, False, True)
+
+    def quoted(fields):
+        return [f'"{v}"' for v in fields] if quote_all else fields
+
+    edits = {value: lambda f, v=value: f[:300] + [v] + f[301:] for value in TRICKY}
+    # Quotes moved between fields: the count of quotes stays right, their places do not.
+    edits["unopened first, quote inside"] = lambda f: (
+        [f[0].lstrip('"')] + f[1:300] + ['"1"2"'] + f[301:]
+    )
+    edits["quote inside, unclosed last"] = lambda f: (
+        f[:300] + ['"1"2"'] + f[301:-1] + [f[-1].rstrip('"')]
+    )
+    edits["crlf"] = lambda f: f[:-1] + [f[-1] + "\r"]
+    fast = FAST_QUOTED + ["crlf"] if quote_all else FAST + ["crlf"]
+    for name, edit in edits.items():
+        body = [",".join(quoted(line.split(","))) for line in lines]
+        body[50] = ",".join(edit(quoted(lines[50].split(","))))
+        data = ("\n".join(body) + "\n").encode()
+        table = _fast(data, len(body), csv, SPECIAL)
+        exact = [check(line.encode(), True)[0] for line in body]
+        if name in fast:
+            assert table is not None, name
+        if table is not None:
+            assert all(row is not None for row in exact), name
+            parsed = parse_block(Block(0, data, len(body)), csv)
+            assert parsed.pixels.tolist() == [row[1:] for row in exact], name
+        else:
+            assert parse_block(Block(0, data, len(body)), csv).rows == len(body)
+
+
+def test_quoted_and_float_files_from_real_writers_read_like_the_plain_one(
+    tmp_path, real_csv, dataset
+):
+    import csv as csvlib
+
+    import pandas as pd
+
+    quoted = tmp_path / "quoted.csv"
+    with open(real_csv, newline="") as source, open(quoted, "w", newline="") as target:
+        csvlib.writer(target, quoting=csvlib.QUOTE_ALL).writerows(csvlib.reader(source))
+    frame = pd.read_csv(real_csv)
+    frame.loc[3, "pixel100"] = np.nan  # a NaN turns the column to float: 12.0 on output
+    floats = tmp_path / "floats.csv"
+    frame.to_csv(floats, index=False)
+    assert ",0.0," in floats.read_text() and '"7"' in quoted.read_text()
+    for path, bad in ((quoted, {}), (floats, {3: "empty_value"})):
+        csv = inspect_csv(path)
+        assert (csv.has_header, csv.has_label) == (True, True)
+        ids, pixels, labels, rejects = read_all(csv)
+        assert {r.row_id: r.kind for r in rejects} == bad, path.name
+        good = np.array(sorted(set(range(ROWS)) - set(bad)))
+        assert np.array_equal(ids, good)
+        assert np.array_equal(pixels.reshape(-1, 28, 28), dataset.test.images[good])
+        assert np.array_equal(labels, dataset.test.labels[good])
+
+
+@pytest.mark.parametrize("header, compress", [(True, False), (False, False), (True, True)])
+def test_normalized_pixels_are_refused_before_any_work(tmp_path, dataset, header, compress):
+    images = dataset.test.images[:50].reshape(50, -1) / 255.0
+    rows = [",".join([str(label)] + [f"{v:.6f}" for v in image])
+            for label, image in zip(dataset.test.labels[:50], images, strict=True)]  # fmt: skip
+    text = (",".join(CSV_HEADER) + "\n" if header else "") + "\n".join(rows) + "\n"
+    path = write(tmp_path / "normalized.csv", text, compress)
+    with pytest.raises(FmnistError, match="normalized to 0-1") as info:
+        inspect_csv(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    assert f"in line {1 + int(header)}" in message and "expected integers 0-255" in message
+    # The same images as whole numbers written as floats are fine.
+    whole = [",".join([str(label)] + [f"{v:.1f}" for v in image * 255])
+             for label, image in zip(dataset.test.labels[:50], images, strict=True)]  # fmt: skip
+    inspect_csv(write(tmp_path / "whole.csv", "\n".join(whole) + "\n", compress))
 
 
 def test_a_lone_carriage_return_cannot_split_a_row(tmp_path, lines):

@@ -12,7 +12,6 @@ from fmnist.data import (
     CLASS_NAMES,
     Split,
     find_dataset_dir,
-    load_csv,
     load_dataset,
     parse_idx,
     read_idx_bytes,
@@ -131,10 +130,10 @@ def test_model_input_is_scaled_channels_last():
 def test_csv_roundtrip_with_and_without_header(tmp_path, dataset, name, header):
     subset = dataset.test.head(25)
     write_csv(subset, tmp_path / name, header=header, repeat=2)
-    loaded = load_csv(tmp_path / name)
-    assert len(loaded) == 50
-    assert np.array_equal(loaded.images[:25], subset.images)
-    assert np.array_equal(loaded.labels[25:], subset.labels)
+    rows = np.loadtxt(tmp_path / name, delimiter=",", skiprows=int(header), dtype=np.uint8)
+    assert rows.shape == (50, 785)
+    assert np.array_equal(rows[:25, 1:].reshape(-1, 28, 28), subset.images)
+    assert np.array_equal(rows[25:, 0], subset.labels)
 
 
 def test_csv_header_is_kaggle_format(tmp_path):
@@ -142,22 +141,3 @@ def test_csv_header_is_kaggle_format(tmp_path):
     header, row = (tmp_path / "a.csv").read_text().splitlines()
     assert header.split(",")[:3] == ["label", "pixel1", "pixel2"] and header.endswith("pixel784")
     assert row == "7," + ",".join(["0"] * 784)
-
-
-@pytest.mark.parametrize(
-    ("bad_row", "message"),
-    [
-        ("3," + ",".join(["0"] * 783), "expected 785 fields"),
-        ("3," + ",".join(["0"] * 783) + ",x", "non-integer"),
-        ("3," + ",".join(["0"] * 783) + ",256", "pixel value 256 outside 0-255"),
-        ("11," + ",".join(["0"] * 784), "label 11 outside 0-9"),
-    ],
-)
-def test_csv_bad_row_names_file_and_line(tmp_path, bad_row, message):
-    good = "1," + ",".join(["5"] * 784)
-    path = tmp_path / "bad.csv"
-    path.write_text(
-        "\n".join(["label," + ",".join(f"pixel{i}" for i in range(1, 785)), good, bad_row]) + "\n"
-    )
-    with pytest.raises(FmnistError, match=f"{path}:3: {message}"):
-        load_csv(path)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fmnist.engines.int8_check import MEAN_ABS_DP_COLUMN
 from fmnist.evaluate import (
     classification_report,
     confusion_matrix,
     cross_entropy,
     evaluate_probabilities,
+    metrics_frame,
     per_class_metrics,
 )
 
@@ -51,3 +53,25 @@ def test_cross_entropy_and_report():
     assert evaluation.accuracy == 0.75
     text = classification_report(evaluation)
     assert "T-shirt/top" in text and "weighted avg" in text and "Accuracy: 0.7500" in text
+
+
+def test_confidence_and_agreement_with_f32_in_the_metrics():
+    probabilities = np.full((4, 10), 0.05, dtype=np.float32)
+    probabilities[np.arange(4), [0, 1, 2, 3]] = 0.55
+    labels = np.array([0, 1, 2, 0])
+    reference = probabilities.copy()
+    reference[0, 0], reference[0, 5] = 0.45, 0.15  # one image less sure in f32
+    evaluation = evaluate_probabilities(
+        probabilities, labels, "m", "openvino-int8", reference=reference
+    )
+    assert evaluation.mean_confidence == pytest.approx(0.55)
+    assert evaluation.mean_abs_dp_vs_f32 == pytest.approx(0.2 / 40)
+    frame = metrics_frame(evaluation)
+    assert frame["mean_confidence"].iloc[0] == pytest.approx(0.55)
+    assert frame[MEAN_ABS_DP_COLUMN].iloc[0] == pytest.approx(0.005)
+    assert "Mean |Δp| vs openvino-f32: 0.0050" in classification_report(evaluation)
+    # Without a reference there is nothing to compare: NaN, and no line in the report.
+    alone = evaluate_probabilities(probabilities, labels, "m", "keras-predict")
+    assert np.isnan(metrics_frame(alone)[MEAN_ABS_DP_COLUMN].iloc[0])
+    assert "Mean confidence: 0.5500" in classification_report(alone)
+    assert "Mean |Δp|" not in classification_report(alone)

@@ -12,12 +12,26 @@ from click.testing import CliRunner
 from fmnist.cli import main
 from fmnist.data import to_model_input
 from fmnist.engines import create_engine, predict_in_batches
+from fmnist.engines.int8_check import Int8Bounds
 from fmnist.engines.keras import load_keras_model
-from fmnist.engines.openvino import VariantUnsupported, cpu_capabilities
-from fmnist.engines.optimize import OptimizeConfig, optimize_model, quantization_data
+from fmnist.engines.openvino import VariantUnsupported, core, cpu_capabilities
+from fmnist.engines.optimize import (
+    INT8_METHODS,
+    OptimizeConfig,
+    classifier_head,
+    convert_keras,
+    layer_precisions,
+    optimize_model,
+    quantization_data,
+)
 from fmnist.io import FmnistError, RunLayout, read_manifest, sha256_file
 
 pytestmark = pytest.mark.slow
+
+# Any INT8 passes: for tests about the graph, not about how close INT8 comes to f32.
+ANY_INT8 = Int8Bounds(
+    max_drop=1.0, max_loss_change=1e9, max_confidence_change=1.0, max_mean_abs_dp=1.0
+)
 
 
 def invoke(*args):
@@ -78,9 +92,15 @@ def test_manifest_records_checksums_and_the_int8_check(optimized_run):
         assert record[precision]["xml_sha256"] == sha256_file(xml)
         assert record[precision]["bin_sha256"] == sha256_file(xml.with_suffix(".bin"))
     int8 = record["int8"]
-    assert int8["method"] in ("ptq", "ptq+bias-correction", "ptq+accuracy-control")
+    assert int8["method"] in INT8_METHODS
     assert int8["calibration_images"] == 100 and int8["validation_images"] == 1000
-    assert int8["validation_drop"] <= 0.003 + 1e-9
+    # Every method tried is recorded, in order, the chosen one last.
+    methods = [attempt["method"] for attempt in int8["attempts"]]
+    assert methods == list(INT8_METHODS[: len(methods)]) and methods[-1] == int8["method"]
+    assert all(not attempt["accepted"] for attempt in int8["attempts"][:-1])
+    assert int8["check"] == {k: v for k, v in int8["attempts"][-1].items() if k != "method"}
+    if int8["accepted"]:
+        assert int8["validation_drop"] <= 0.003 + 1e-9
     assert "int8" in int8["layer_precisions"].values()
     assert set(int8["layer_precisions"].values()) <= {"int8", "f32"}
     assert record["f32"]["max_abs_diff_vs_keras"] < 1e-4
@@ -109,7 +129,7 @@ def test_main_int8_is_quantized_from_its_convolution_head(trained_run, tmp_path,
     shutil.copytree(trained_run, run)
     # A wide drop bound: this test is about the graph, not about accuracy control.
     config = OptimizeConfig(
-        "main", int8=True, calibration_size=50, validation_size=300, parity_size=32, max_drop=1.0
+        "main", int8=True, calibration_size=50, validation_size=300, parity_size=32, bounds=ANY_INT8
     )
     result = optimize_model(run, config, progress=lambda m: None)
     (rewrite,) = result.int8["rewrites"]
@@ -117,6 +137,7 @@ def test_main_int8_is_quantized_from_its_convolution_head(trained_run, tmp_path,
     assert result.int8["rewrite_max_abs_diff"] < 1e-4
     record = read_manifest(run)["openvino"]["main"]["int8"]
     assert record["rewrites"] == result.int8["rewrites"]
+    assert record["method"] == "ptq" and record["accepted"]
     precisions = record["layer_precisions"]
     # Four convolutions of the network and the head's one, all run in int8.
     convolutions = [p for name, p in precisions.items() if name.startswith("Convolution")]
@@ -135,6 +156,93 @@ def test_main_int8_is_quantized_from_its_convolution_head(trained_run, tmp_path,
     )
     assert np.mean(f32_predicted == int8_predicted) >= 0.95
     assert abs(np.mean(f32_predicted == labels) - np.mean(int8_predicted == labels)) <= 0.03
+
+
+def test_int8_check_figures_are_the_engines_probabilities(optimized_run):
+    """The check optimize recorded, recomputed from the f32 and INT8 IRs it wrote."""
+    record = read_manifest(optimized_run)["openvino"]["backup1"]["int8"]
+    check = record["check"]
+    config = OptimizeConfig("backup1", calibration_size=100, validation_size=1000)
+    data = quantization_data(config)
+    f32 = predict_in_batches(
+        create_engine(optimized_run, "backup1", "openvino-f32", "throughput"), data.validation
+    )
+    int8 = predict_in_batches(
+        create_engine(optimized_run, "backup1", "openvino-int8", "throughput"), data.validation
+    )
+    labels = data.validation_labels
+    picked = np.arange(len(labels)), labels
+    assert check["f32_images"] == check["int8_images"] == 1000
+    assert check["f32_accuracy"] == pytest.approx(np.mean(f32.argmax(1) == labels))
+    assert check["int8_accuracy"] == pytest.approx(np.mean(int8.argmax(1) == labels))
+    for name, probabilities in (("f32", f32), ("int8", int8)):
+        loss = -np.mean(np.log(np.clip(probabilities[picked], 1e-7, 1)))
+        assert check[f"{name}_loss"] == pytest.approx(loss, rel=1e-4)
+    assert check["f32_confidence"] == pytest.approx(np.mean(f32.max(1)), rel=1e-5)
+    assert check["int8_confidence"] == pytest.approx(np.mean(int8.max(1)), rel=1e-5)
+    assert check["mean_abs_dp"] == pytest.approx(np.mean(np.abs(int8 - f32)), rel=1e-3)
+    assert check["accepted"] == record["accepted"]
+    bounds = Int8Bounds()
+    within = (
+        check["f32_accuracy"] - check["int8_accuracy"] <= bounds.max_drop + 1e-9
+        and abs(check["int8_loss"] / check["f32_loss"] - 1) <= bounds.max_loss_change
+        and abs(check["int8_confidence"] - check["f32_confidence"]) <= bounds.max_confidence_change
+        and check["mean_abs_dp"] <= bounds.max_mean_abs_dp
+    )
+    assert check["accepted"] == within, check["reason"]
+    # A faithful INT8 model of this small backup1 (one epoch on 3,000 images).
+    assert check["accepted"], check["reason"]
+
+
+def test_int8_keeps_the_probabilities_on_test_images(optimized_run, tmp_path):
+    """evaluate's figures on test images the check never saw, and score's choice."""
+    run = tmp_path / "run"
+    shutil.copytree(optimized_run / "models" / "backup1", run / "models" / "backup1")
+    for variant in ("openvino-f32", "openvino-int8"):
+        result = invoke(
+            "evaluate", "--run", run, "--model", "backup1", "--variant", variant, "--limit", 2000
+        )
+        assert result.exit_code == 0, result.output
+    layout = RunLayout(run)
+    f32 = pd.read_parquet(layout.metrics("backup1", "openvino-f32")).iloc[0]
+    int8 = pd.read_parquet(layout.metrics("backup1", "openvino-int8")).iloc[0]
+    assert np.isnan(f32["mean_abs_dp_vs_f32"])  # the reference itself
+    assert 0 < int8["mean_abs_dp_vs_f32"] <= Int8Bounds().max_mean_abs_dp
+    assert abs(int8["loss"] / f32["loss"] - 1) <= 0.05
+    assert abs(int8["mean_confidence"] - f32["mean_confidence"]) <= 0.01
+    assert "Mean |Δp| vs openvino-f32" in result.output
+    from fmnist.scoring.score import default_variant
+
+    variant, why = default_variant(run, "backup1")
+    assert variant == "openvino-int8", why
+
+
+@pytest.mark.parametrize("model", ["main", "backup1", "backup2"])
+def test_classifier_head_of_each_model_is_its_last_dense_and_softmax(trained_run, model):
+    ov_model, keras_model = convert_keras(RunLayout(trained_run).keras_model(model))
+    last = keras_model.layers[-1].name
+    head = classifier_head(ov_model)
+    kinds = {op.get_friendly_name(): op.get_type_name() for op in ov_model.get_ordered_ops()}
+    assert [kinds[name] for name in head] == ["MatMul", "Softmax"]
+    assert all(f"/{last}" in name for name in head), head
+
+
+def test_int8_with_the_head_in_f32_runs_the_head_in_f32(optimized_run, tmp_path):
+    import nncf
+
+    ov_model, _ = convert_keras(RunLayout(optimized_run).keras_model("backup1"))
+    head = classifier_head(ov_model)
+    data = quantization_data(OptimizeConfig("backup1", calibration_size=50, validation_size=200))
+    calibration = nncf.Dataset([image[np.newaxis] for image in data.calibration])
+    quantized = nncf.quantize(
+        ov_model, calibration, subset_size=50, ignored_scope=nncf.IgnoredScope(names=head)
+    )
+    compiled = core().compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    precisions = layer_precisions(compiled)
+    # The last dense runs in f32, the other dense layers and the convolutions in int8.
+    f32_layers = [name for name, precision in precisions.items() if precision != "int8"]
+    assert len(f32_layers) == 1 and "dense_4" in f32_layers[0], precisions
+    assert list(precisions.values()).count("int8") == len(precisions) - 1
 
 
 def test_bf16_runs_only_where_the_cpu_has_it(optimized_run):

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from fmnist.cli import main
+from fmnist.engines import VARIANTS
 from fmnist.io import FmnistError
 from fmnist.pipeline.executor import run_local
 from fmnist.pipeline.spec import expand, load_pipeline
@@ -82,6 +83,20 @@ def test_the_project_pipeline_expands_for_both_profiles(tmp_path):
         assert {"train:main", "train:backup1", "train:backup2"} <= set(ids)
         for task in tasks:  # dependency order: everything a task needs comes before it
             assert all(ids.index(n) < ids.index(task.id) for n in task.needs)
+
+
+def test_both_profiles_evaluate_and_benchmark_every_variant(tmp_path):
+    # bf16 included: where the CPU has no native bf16, evaluate (--skip-unsupported) and
+    # benchmark record it as skipped with the reason, so the report shows why, not a gap.
+    pipeline = load_pipeline()
+    for profile in ("quick", "full"):
+        tasks = expand(pipeline, profile, tmp_path)
+        for model in ("main", "backup1", "backup2"):
+            evaluated = {t.id.split(":")[2] for t in tasks if t.id.startswith(f"evaluate:{model}:")}
+            assert evaluated == set(VARIANTS), (profile, model)
+        for task in (t for t in tasks if t.id.startswith(("evaluate:", "benchmark:"))):
+            assert "--variants" not in task.args  # benchmark's default: every variant
+        assert all("--skip-unsupported" in t.args for t in tasks if t.id.startswith("evaluate:"))
 
 
 def test_bad_specs_are_clear_errors(tmp_path):

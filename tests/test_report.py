@@ -152,6 +152,7 @@ def test_format_value_units():
     assert format_value(839.2, "x") == "839.2×"
     assert format_value(1.5, "x") == "1.50×"
     assert format_value(-0.25, "pp") == "-0.25 pp"
+    assert format_value(57.36, "percent_delta") == "+57.4 %"
     assert format_value(10400, "s") == "10,400 s"
     assert format_value(None, "ms") == ""
 
@@ -199,6 +200,71 @@ def test_several_runs_need_out(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path), str(tmp_path)])
     assert result.exit_code == 1 and "--out" in result.output
     assert "Example" in CliRunner().invoke(main, ["report", "--help"]).output
+
+
+def accuracy_rows(markdown: str) -> tuple[list[str], dict[tuple[str, str], list[str]]]:
+    """The accuracy-change table: its header and (model, variant) -> cells."""
+    section = markdown.split("## Accuracy change of each optimized variant", 1)[1]
+    lines = [line for line in section.split("\n## ", 1)[0].splitlines() if line.startswith("| ")]
+    split = [
+        [c.strip().strip("*").replace("\\|", "|") for c in line.strip("|").split(" | ")]
+        for line in lines
+    ]
+    header, rows = split[0], [row for row in split[1:] if not row[0].startswith("---")]
+    return header, {(row[0], row[1]): row for row in rows}
+
+
+def test_accuracy_table_shows_loss_and_mean_dp_beside_accuracy(tmp_path):
+    from fmnist.engines.int8_check import Int8Bounds
+    from fmnist.evaluate import evaluate_probabilities, write_evaluation
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 10, 1000)
+    logits = rng.normal(0, 1, (1000, 10))
+    logits[np.arange(1000), labels] += 3.0
+
+    def softmax(x):
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    f32 = softmax(logits)
+    # backup1: int8 close to f32; backup2: the same classes, flattened probabilities.
+    probabilities = {"backup1": softmax(logits * 1.01), "backup2": softmax(logits / 1.6)}
+    for model, int8 in probabilities.items():
+        write_evaluation(evaluate_probabilities(f32, labels, model, "openvino-f32"), tmp_path)
+        write_evaluation(
+            evaluate_probabilities(int8, labels, model, "openvino-int8", reference=f32), tmp_path
+        )
+    markdown = build_report([tmp_path], tmp_path / "report").markdown.read_text()
+    header, rows = accuracy_rows(markdown)
+    column = {title: i for i, title in enumerate(header)}
+    assert (
+        header.index("loss")
+        < header.index("mean |Δp| vs openvino-f32")
+        < header.index("INT8 check")
+    )
+    for model, int8 in probabilities.items():
+        row = rows[(model, "openvino-int8")]
+        metrics = pd.read_parquet(RunLayout(tmp_path).metrics(model, "openvino-int8")).iloc[0]
+        f32_metrics = pd.read_parquet(RunLayout(tmp_path).metrics(model, "openvino-f32")).iloc[0]
+        assert row[column["accuracy"]] == format_value(metrics["accuracy"], "fraction")
+        assert row[column["loss"]] == format_value(metrics["loss"], "loss")
+        assert row[column["mean confidence"]] == format_value(metrics["mean_confidence"], "ratio")
+        dp = float(np.mean(np.abs(int8.astype(float) - f32)))
+        assert row[column["mean |Δp| vs openvino-f32"]] == format_value(dp, "ratio")
+        change = 100 * (metrics["loss"] / f32_metrics["loss"] - 1)
+        assert row[column["loss vs openvino-f32"]] == format_value(change, "percent_delta")
+        # f32 is the reference: nothing to compare it with.
+        assert rows[(model, "openvino-f32")][column["INT8 check"]] == ""
+    assert rows[("backup1", "openvino-int8")][column["INT8 check"]] == "accepted"
+    rejected = rows[("backup2", "openvino-int8")][column["INT8 check"]]
+    assert rejected.startswith("rejected: ") and "mean confidence" in rejected
+    assert Int8Bounds().describe() in markdown
+    csv = pd.read_csv(tmp_path / "report" / "results.csv")
+    hit = csv[(csv["key"] == "mean_abs_dp_vs_openvino-f32") & (csv["model"] == "backup1")]
+    assert hit.loc[hit["variant"] == "openvino-int8", "value"].iloc[0] == pytest.approx(
+        np.mean(np.abs(probabilities["backup1"].astype(float) - f32))
+    )
 
 
 def test_report_step_closes_the_pipeline():

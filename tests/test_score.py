@@ -22,7 +22,9 @@ from fmnist.data import CLASS_NAMES, CSV_HEADER, to_model_input
 from fmnist.engines import create_engine
 from fmnist.io import FmnistError, RunLayout, write_parquet_atomic
 from fmnist.jobenv import require_array_index
+from fmnist.scoring.csv_input import byte_range, inspect_csv
 from fmnist.scoring.score import (
+    RejectLimitExceeded,
     ScoreConfig,
     default_out_dir,
     default_variant,
@@ -31,7 +33,13 @@ from fmnist.scoring.score import (
     prefetched,
     score_shards,
 )
-from fmnist.scoring.shards import BufferedWriter, marker_name, part_name, rejects_name
+from fmnist.scoring.shards import (
+    BufferedWriter,
+    RejectLimit,
+    marker_name,
+    part_name,
+    rejects_name,
+)
 from fmnist.scoring.verify import merge_parts, verify_predictions
 
 ROWS = 300
@@ -154,7 +162,7 @@ def test_bad_rows_are_rejected_next_to_the_part_and_accounted(
 ):
     source, bad = bad_copy(sample_csv, tmp_path / "bad.csv")
     out = tmp_path / "out"
-    results = score(trained_run, source, out, shards=2)
+    results = score(trained_run, source, out, shards=2, max_rejects="3%")
     assert sum(r.rejected for r in results) == len(bad)
     rejects = pd.concat([pd.read_parquet(out / rejects_name(i, 2)) for i in range(2)])
     assert dict(zip(rejects["row_id"], rejects["kind"], strict=True)) == bad
@@ -165,6 +173,14 @@ def test_bad_rows_are_rejected_next_to_the_part_and_accounted(
     check_predictions(read_parts(out, 2), reference, good)
     result = verify_predictions(out)
     assert (result.rows, result.predicted, result.rejected) == (ROWS, ROWS - 4, 4)
+    for marker in result.markers:  # each shard's limit: 3 % of its own rows
+        assert (marker.max_rejects, marker.reject_limit) == ("3%", marker.rows_read * 3 // 100)
+    worst = max(result.markers, key=lambda m: m.rejected / m.rows_read)
+    assert (
+        f"{ROWS} input rows = {ROWS - 4} predicted + 4 rejected (1.33 %); --max-rejects 3% per "
+        f"shard, largest share in shard {worst.shard}: {worst.rejected} of {worst.rows_read} rows "
+        f"(limit {worst.reject_limit})"
+    ) in result.summary()
 
 
 def test_fail_mode_stops_at_the_first_bad_row_and_leaves_nothing(tmp_path, trained_run, sample_csv):
@@ -196,6 +212,104 @@ def test_rerun_skips_finished_shards_and_redoes_the_rest(tmp_path, trained_run, 
     assert [r.status for r in results] == ["skipped", "skipped", "scored"]
 
 
+# --------------------------------------------------------------------------- reject limit
+
+
+def test_reject_limit_is_a_count_or_a_percentage_of_a_shards_rows():
+    assert RejectLimit.parse("100").allowed(10**6) == 100
+    one = RejectLimit.parse("1%")
+    assert [one.allowed(rows) for rows in (0, 99, 100, 250)] == [0, 0, 1, 2]
+    assert RejectLimit.parse("0.5%").allowed(1000) == 5 and RejectLimit.parse("0").allowed(9) == 0
+    assert one.exceeded(2, 199) and not one.exceeded(1, 199) and not one.exceeded(2, 200)
+    assert not RejectLimit.parse("100%").exceeded(10, 10)
+    for text in ("abc", "-1", "101%", "1.5", "%", "nan%", ""):
+        with pytest.raises(FmnistError, match="--max-rejects"):
+            RejectLimit.parse(text)
+
+
+def test_reject_limit_stops_a_shard_early_only_when_its_end_cannot_meet_it():
+    one = RejectLimit.parse("1%")
+    assert not one.certain_to_exceed(10, 1000)  # 10 of 1,010 rows would be 0.99 %
+    assert one.certain_to_exceed(11, 1000)  # 11 of 1,011 at best: 1.09 %
+    assert not one.certain_to_exceed(10**6, None)  # no bound: decided at the end
+    assert RejectLimit.parse("5").certain_to_exceed(6, None)
+    # Whenever a stop is certain, every way the shard could end exceeds the limit.
+    for limit in map(RejectLimit.parse, ("1%", "10%", "33%", "3")):
+        for bound in range(12):
+            for rejected in range(12):
+                if limit.certain_to_exceed(rejected, bound):
+                    assert all(
+                        limit.exceeded(rejected + more, rejected + more + valid)
+                        for valid in range(bound + 1)
+                        for more in range(5)
+                    ), (limit, rejected, bound)
+
+
+def _shard_of_rows(source, rows, shards):
+    """{row: the byte-range shard that holds it}."""
+    first_rows = [byte_range(inspect_csv(source), i, shards).first_row for i in range(shards)]
+    return {row: max(i for i, first in enumerate(first_rows) if first <= row) for row in rows}
+
+
+def test_a_shard_past_max_rejects_leaves_no_files_and_finished_shards_stay(
+    tmp_path, trained_run, sample_csv
+):
+    source, bad = bad_copy(sample_csv, tmp_path / "bad.csv")
+    owner = _shard_of_rows(source, bad, 2)
+    per_shard = [list(owner.values()).count(i) for i in range(2)]
+    assert sorted(per_shard) == [1, 3]
+    over = per_shard.index(3)
+    out = tmp_path / "out"
+    with pytest.raises(RejectLimitExceeded) as info:
+        score(trained_run, source, out, shards=2, max_rejects="1")
+    message = str(info.value)
+    assert message.startswith(f"1 of 2 shard(s) past --max-rejects 1: shard {over}/2: ")
+    assert "1 finished shard(s) kept" in message and "\n" not in message
+    first = min(row for row in bad if owner[row] == over)
+    assert f"first: {source}:{first + 2}: " in message
+    assert [r.status for r in info.value.results] == [
+        "over-limit" if i == over else "scored" for i in range(2)
+    ]
+    left = sorted(p.name for p in out.iterdir() if not p.name.endswith(".lock"))
+    assert left == sorted(n(1 - over, 2) for n in (part_name, rejects_name, marker_name))
+    # A looser limit finishes the shard and keeps the other one.
+    results = score(trained_run, source, out, shards=2, max_rejects="3%")
+    assert [r.status for r in results] == ["scored" if i == over else "skipped" for i in range(2)]
+    result = verify_predictions(out)
+    assert result.rejected == 4
+    assert f"--max-rejects {result.reject_limits()} per shard" in result.summary()
+    assert result.reject_limits() == f"1 (shards [{1 - over}]), 3% (shards [{over}])" or (
+        result.reject_limits() == f"3% (shards [{over}]), 1 (shards [{1 - over}])"
+    )
+    # A stricter limit fails the command for finished shards too, and touches nothing.
+    with pytest.raises(RejectLimitExceeded, match="2 of 2 shard"):
+        score(trained_run, source, out, shards=2, max_rejects="0")
+    assert verify_predictions(out).rejected == 4
+
+
+def test_a_hopeless_shard_stops_early_when_its_size_bounds_the_valid_rows(
+    tmp_path, trained_run, sample_csv
+):
+    lines = sample_csv.read_text().splitlines()
+    broken = [lines[0]] + [line.rsplit(",", 1)[0] + ",12.5" for line in lines[1:]]
+    text = "\n".join(broken) + "\n"
+    plain, zipped = tmp_path / "frac.csv", tmp_path / "frac.csv.gz"
+    plain.write_text(text)
+    zipped.write_bytes(gzip.compress(text.encode()))
+    for source, whole in ((plain, False), (zipped, True)):
+        out = tmp_path / f"out-{source.name}"
+        with pytest.raises(RejectLimitExceeded, match="most often fractional") as info:
+            score(trained_run, source, out, block_bytes=64 << 10, gzip_block_rows=32)
+        (result,) = info.value.results
+        assert result.status == "over-limit" and result.rejected == result.rows_read
+        # A plain file's bytes bound its valid rows: the first block decides. A gzip
+        # stream has no such bound: it is read to the end.
+        assert (result.rows_read == ROWS) == whole, source.name
+        assert ("already more than" in result.summary) != whole
+        assert ("of its 300 rows rejected" in result.summary) == whole
+        assert not list(out.glob("*.parquet")) and not list(out.glob(".*.tmp"))
+
+
 # --------------------------------------------------------------------------- verify
 
 
@@ -216,6 +330,13 @@ def _tamper_marker(directory):
     path = directory / marker_name(2, 3)
     marker = json.loads(path.read_text())
     marker["predicted"] += 1
+    path.write_text(json.dumps(marker))
+
+
+def _loosen_the_limit(directory):
+    path = directory / marker_name(1, 3)
+    marker = json.loads(path.read_text())
+    marker["max_rejects"], marker["reject_limit"] = "0", 5
     path.write_text(json.dumps(marker))
 
 
@@ -242,6 +363,7 @@ def _duplicate_row(directory):
         (_drop_row, r"row \d+ \(line \d+ of the input\) is neither predicted nor rejected"),
         (_duplicate_row, "row 0 appears more than once"),
         (_change_a_prediction, "SHA-256 differs from part_sha256"),
+        (_loosen_the_limit, r"reject_limit is 5, --max-rejects 0 of \d+ rows is 0"),
         (lambda d: (d / part_name(0, 2)).write_bytes(b""), r"different shard counts \[2, 3\]"),
     ],
 )
@@ -266,11 +388,16 @@ def test_verify_notices_a_changed_input(tmp_path, scored, sample_csv):
 # --------------------------------------------------------------------------- choices
 
 
-def test_default_variant_prefers_int8_within_three_tenths_of_a_point(tmp_path):
-    layout = RunLayout(tmp_path)
+def test_default_variant_prefers_int8_only_when_it_keeps_f32s_figures(tmp_path):
+    from fmnist.engines.int8_check import MEAN_ABS_DP_COLUMN
 
-    def metrics(variant, accuracy):
-        write_parquet_atomic(layout.metrics("m", variant), pd.DataFrame({"accuracy": [accuracy]}))
+    layout = RunLayout(tmp_path)
+    f32_figures = {"accuracy": 0.9050, "loss": 0.333, "mean_confidence": 0.871, "images": 10000}
+    int8_figures = {**f32_figures, "accuracy": 0.9021, MEAN_ABS_DP_COLUMN: 0.002}
+
+    def metrics(variant, figures, **changes):
+        frame = pd.DataFrame({key: [value] for key, value in {**figures, **changes}.items()})
+        write_parquet_atomic(layout.metrics("m", variant), frame)
 
     def ir(precision):
         xml = layout.openvino_ir("m", precision)
@@ -281,12 +408,27 @@ def test_default_variant_prefers_int8_within_three_tenths_of_a_point(tmp_path):
     ir("f32")
     assert default_variant(tmp_path, "m")[0] == "openvino-f32"
     ir("int8")
-    metrics("openvino-f32", 0.9050)
-    metrics("openvino-int8", 0.9021)
-    assert default_variant(tmp_path, "m")[0] == "openvino-int8"
-    metrics("openvino-int8", 0.9010)
+    metrics("openvino-f32", f32_figures)
+    metrics("openvino-int8", int8_figures)
     variant, why = default_variant(tmp_path, "m")
-    assert variant == "openvino-f32" and "more than 0.3 points below" in why
+    assert variant == "openvino-int8" and why.startswith("int8 keeps f32's figures")
+    for change, reason in (
+        ({"accuracy": 0.9010}, "more than 0.3 points below"),
+        # The same accuracy, but the probabilities of a full-bias-correction model.
+        ({"loss": 0.524}, "int8 loss 0.5240 is +57.4 %"),
+        ({"mean_confidence": 0.688}, "int8 mean confidence 0.6880"),
+        ({MEAN_ABS_DP_COLUMN: 0.03}, "mean |Δp| 0.0300"),
+        ({"images": 500}, "different images"),
+        ({MEAN_ABS_DP_COLUMN: float("nan")}, "no mean |Δp| against f32 (evaluate again)"),
+    ):
+        metrics("openvino-int8", int8_figures, **change)
+        variant, why = default_variant(tmp_path, "m")
+        assert variant == "openvino-f32" and reason in why, (change, why)
+    # Metrics written before the confidence was recorded are not enough to pick INT8.
+    metrics("openvino-f32", {"accuracy": 0.9050, "loss": 0.333})
+    metrics("openvino-int8", {"accuracy": 0.9050, "loss": 0.333})
+    variant, why = default_variant(tmp_path, "m")
+    assert variant == "openvino-f32" and "no mean confidence figures" in why
 
 
 def test_shard_option_and_array_index():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from fmnist.engines.int8_check import Int8Bounds
 from fmnist.report.figures import Figure
 from fmnist.report.render import Block, Cell, Heading, Image, Paragraph, Table
 from fmnist.report.seed_reference import SEED_RESULTS, SOURCE
@@ -29,6 +30,8 @@ def format_value(value: float | None, unit: str) -> str:
         return f"{value:+.4f}"
     if unit == "pp":
         return f"{value:+.2f} pp"
+    if unit == "percent_delta":
+        return f"{value:+.1f} %"
     if unit == "ms":
         return f"{value:.1f} ms" if value >= 100 else f"{value:.3g} ms"
     if unit == "s":
@@ -185,8 +188,17 @@ def speedup_blocks(tables: ReportTables) -> list[Block]:
     return blocks
 
 
+# Columns only the reduced precisions (bf16, int8) have: their comparison with f32.
+F32_COMPARISONS = (
+    "delta_accuracy_vs_openvino-f32",
+    "loss_change_vs_openvino-f32",
+    "mean_abs_dp_vs_openvino-f32",
+    "int8_check",
+)
+
+
 def accuracy_blocks(tables: ReportTables) -> list[Block]:
-    """Accuracy and loss of every variant and their change against keras-predict."""
+    """Accuracy, loss and probabilities of every variant against keras-predict and f32."""
     frame = tables.section("accuracy")
     cells = _index(frame, ["run", "model", "variant", "key"])
     specs = [
@@ -194,6 +206,10 @@ def accuracy_blocks(tables: ReportTables) -> list[Block]:
         (f"delta_accuracy_vs_{BASELINE}", "Δ vs keras-predict"),
         ("delta_accuracy_vs_openvino-f32", "Δ vs openvino-f32"),
         ("loss", "loss"),
+        ("loss_change_vs_openvino-f32", "loss vs openvino-f32"),
+        ("mean_abs_dp_vs_openvino-f32", "mean |Δp| vs openvino-f32"),
+        ("mean_confidence", "mean confidence"),
+        ("int8_check", "INT8 check"),
         ("executed_precision", "precision"),
         ("images", "test images"),
     ]
@@ -208,7 +224,7 @@ def accuracy_blocks(tables: ReportTables) -> list[Block]:
             for run in tables.runs:
                 for key, _ in specs:
                     found = cells.get((run.label, model, variant, key))
-                    if found is None and key == "delta_accuracy_vs_openvino-f32":
+                    if found is None and key in F32_COMPARISONS:
                         row.append(Cell(""))  # only the reduced precisions compare with f32
                     else:
                         row.append(record_cell(found))
@@ -216,8 +232,12 @@ def accuracy_blocks(tables: ReportTables) -> list[Block]:
     return [
         Heading(2, "Accuracy change of each optimized variant"),
         Paragraph(
-            "Test-set accuracy and loss of every variant (the same test images for every "
-            "variant of a run); Δ in percentage points. results.csv also has the loss change."
+            "Test-set accuracy, loss and mean top-1 confidence of every variant (the same "
+            "test images for every variant of a run); Δ in percentage points. bf16 and int8 "
+            "are also compared with openvino-f32 on the same images: loss change, and mean "
+            "|Δp|, the mean |p - p_f32| over images and classes. The INT8 check is the rule "
+            f"optimize and score apply ({Int8Bounds().describe()}). results.csv also has the "
+            "loss change against keras-predict."
         ),
         Table(header, rows),
     ]

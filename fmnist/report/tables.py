@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fmnist.engines.int8_check import MEAN_ABS_DP_COLUMN, Int8Check
+from fmnist.evaluate import COMPARED_WITH_F32, F32_REFERENCE
 from fmnist.report.lookup import (
     BASELINE,
     ONEDNN_ON,
@@ -215,53 +217,35 @@ def _fastest(run: RunData, ctx: Context, model: str, variants: list[str]) -> str
     return best[1] if best else ""
 
 
+F32, INT8 = F32_REFERENCE, "openvino-int8"
+
+
 def accuracy_section(runs: list[RunData], models: list[str], variants: list[str]) -> list[dict]:
-    """Accuracy and loss of every variant and their change against keras-predict (and f32)."""
+    """Accuracy, loss and confidence of every variant and their change against keras-predict
+    and, for bf16 and int8, against openvino-f32: loss change, mean |Δp|, the INT8 check."""
     out = []
     for run in runs:
         for model in models:
             base_acc, _ = metric_value(run, model, BASELINE, "accuracy")
             base_loss, _ = metric_value(run, model, BASELINE, "loss")
-            f32_acc, _ = metric_value(run, model, "openvino-f32", "accuracy")
+            f32_acc, _ = metric_value(run, model, F32, "accuracy")
+            f32_loss, _ = metric_value(run, model, F32, "loss")
             for variant in variants:
                 where = {"run": run.label, "context": run.label, "model": model, "variant": variant}
                 row, gap = metrics_summary(run, model, variant)
                 acc, acc_gap = metric_value(run, model, variant, "accuracy")
                 loss, loss_gap = metric_value(run, model, variant, "loss")
+                confidence, confidence_gap = metric_value(run, model, variant, "mean_confidence")
                 images = number(row, "images")
-                out.append(
-                    record(
-                        "accuracy",
-                        "accuracy",
-                        "accuracy",
-                        "fraction",
-                        value=acc,
-                        gap=acc_gap or None,
-                        **where,
+                for key, label, unit, value, why in (
+                    ("accuracy", "accuracy", "fraction", acc, acc_gap),
+                    ("loss", "loss", "loss", loss, loss_gap),
+                    ("mean_confidence", "mean confidence", "ratio", confidence, confidence_gap),
+                    ("images", "test images", "count", images, gap),
+                ):
+                    out.append(
+                        record("accuracy", key, label, unit, value=value, gap=why or None, **where)
                     )
-                )
-                out.append(
-                    record(
-                        "accuracy",
-                        "loss",
-                        "loss",
-                        "loss",
-                        value=loss,
-                        gap=loss_gap or None,
-                        **where,
-                    )
-                )
-                out.append(
-                    record(
-                        "accuracy",
-                        "images",
-                        "test images",
-                        "count",
-                        value=images,
-                        gap=gap or None,
-                        **where,
-                    )
-                )
                 precision = None if row is None else row.get("executed_precision")
                 out.append(
                     record(
@@ -294,13 +278,10 @@ def accuracy_section(runs: list[RunData], models: list[str], variants: list[str]
                         "accuracy change vs openvino-f32",
                         acc,
                         f32_acc,
-                        "openvino-f32",
+                        F32,
                     ),
                 ):
-                    if ref_name == "openvino-f32" and variant not in (
-                        "openvino-bf16",
-                        "openvino-int8",
-                    ):
+                    if ref_name == F32 and variant not in COMPARED_WITH_F32:
                         continue
                     unit = "pp" if "accuracy" in key else "loss_delta"
                     if mine is None:
@@ -311,6 +292,54 @@ def accuracy_section(runs: list[RunData], models: list[str], variants: list[str]
                         value = (mine - ref) * (100 if unit == "pp" else 1)
                         why = None
                     out.append(record("accuracy", key, label, unit, value=value, gap=why, **where))
+                if variant in COMPARED_WITH_F32:
+                    out += _f32_agreement(run, model, variant, loss, f32_loss, row, gap, where)
+    return out
+
+
+def _f32_agreement(run, model, variant, loss, f32_loss, row, gap, where) -> list[dict]:
+    """Loss change and mean |Δp| of a reduced precision against f32; the INT8 check."""
+    if loss is None:
+        value, why = None, gap or "no value"
+    elif f32_loss is None or f32_loss <= 0:
+        value, why = None, f"no {F32} loss to compare with"
+    else:
+        value, why = 100 * (loss / f32_loss - 1), None
+    out = [
+        record(
+            "accuracy",
+            f"loss_change_vs_{F32}",
+            f"loss change vs {F32}",
+            "percent_delta",
+            value=value,
+            gap=why,
+            **where,
+        )
+    ]
+    dp, dp_gap = metric_value(run, model, variant, MEAN_ABS_DP_COLUMN)
+    if row is not None and dp is None:
+        dp_gap = f"not compared with {F32} (evaluate again with its IR in place)"
+    out.append(
+        record(
+            "accuracy",
+            f"mean_abs_dp_vs_{F32}",
+            f"mean |Δp| vs {F32}",
+            "ratio",
+            value=dp,
+            gap=dp_gap or None,
+            **where,
+        )
+    )
+    if variant == INT8:
+        f32_row, _ = metrics_summary(run, model, F32)
+        if row is None or f32_row is None:
+            text, why = None, gap or f"no {F32} evaluation to compare with"
+        else:
+            accepted, reason = Int8Check.from_metrics(f32_row, row).acceptable()
+            text, why = ("accepted" if accepted else f"rejected: {reason}"), None
+        out.append(
+            record("accuracy", "int8_check", "INT8 check", "text", text=text, gap=why, **where)
+        )
     return out
 
 

@@ -1,6 +1,7 @@
-"""Batch scoring: large CSV inputs to Parquet predictions in resumable shards, and verify.
+"""Batch scoring: CSV or Parquet inputs to Parquet predictions in resumable shards, and verify.
 
-``csv_input`` streams and checks the input, ``shards`` owns the files of one shard (and
-its success marker), ``score`` writes them, ``verify`` proves every input row is
-accounted for.
+``inputs`` is the one interface over the readers (``csv_input`` with ``csv_parse``, and
+``parquet_input``), which share ``rows``: parsed blocks, rejects and the value rule.
+``shards`` owns the files of one shard (and its success marker and reject limit),
+``score`` writes them, ``verify`` proves every input row is accounted for.
 """

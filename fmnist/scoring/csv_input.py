@@ -4,14 +4,8 @@ An input holds ``label,pixel1..pixel784`` (or the 784 pixels alone), with or wit
 header line, plain or gzip. Every line after the header is a data row, blank ones
 included: its 0-based index is the row id, so row ``r`` sits on line ``r + 1``, one
 further down with a header. Nothing is skipped silently; a row that is not valid
-becomes a :class:`Reject` naming its line and the reason.
-
-Speed and exactness come from two paths over the same blocks of whole lines. pyarrow
-parses a block into uint8 columns (the fast path), and the block is taken only when
-pyarrow produced one row per line and every label is 0-9. A block that fails is cut
-into smaller blocks and retried, down to a few lines that are checked one at a time in
-Python (the exact path), which names the line and the reason. The fast path accepts
-nothing the exact path rejects, so a row's fate never depends on where blocks are cut.
+becomes a :class:`~fmnist.scoring.rows.Reject` naming its line and the reason. How a
+block of lines is parsed, and what a value may be, is :mod:`fmnist.scoring.csv_parse`.
 
 Shards: a plain file is cut into byte ranges on line boundaries, and the row id of a
 range's first line is the number of line breaks before it. A gzip stream cannot seek,
@@ -22,31 +16,29 @@ so shard ``i`` of ``n`` takes the blocks of ``block_rows`` rows whose block numb
 from __future__ import annotations
 
 import gzip
-import hashlib
-import math
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pcsv
 
 from fmnist.data import CSV_HEADER, PIXELS
 from fmnist.io import FmnistError
+from fmnist.scoring.csv_parse import SPECIAL, Block, parse_block
+from fmnist.scoring.rows import (
+    NORMALIZED_SAMPLE_ROWS,
+    ExpectedShard,
+    InputShard,
+    normalized_example,
+    normalized_message,
+)
 
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
 SAMPLE_BYTES = 4 << 20  # enough for the header and ~1,800 rows
 BLOCK_BYTES = 16 << 20  # one pyarrow parse; tens of MB keep memory flat and small
 GZIP_BLOCK_ROWS = 8_192  # gzip shards interleave blocks of this many rows
-EXACT_LINES = 64  # blocks this small are checked line by line
-SPLIT_WAYS = 8  # a failed block is retried as this many smaller blocks
-RAW_CHARS = 200  # a reject keeps this much of its line
-FINGERPRINT_SAMPLES = 16
-FINGERPRINT_SAMPLE_BYTES = 64 << 10
 
 
 class CorruptInput(FmnistError):
@@ -55,7 +47,11 @@ class CorruptInput(FmnistError):
 
 @dataclass(frozen=True)
 class CsvInput:
-    """What a CSV input looks like, found by :func:`inspect_csv` before any work."""
+    """What a CSV input looks like, found by :func:`inspect_csv` before any work.
+
+    It is a scoring input (:class:`fmnist.scoring.inputs.ScoringInput`): the scorer and
+    ``verify`` reach the file through the methods below only.
+    """
 
     path: Path
     compressed: bool
@@ -72,36 +68,62 @@ class CsvInput:
         """The 1-based line of the file holding data row ``row_id``."""
         return row_id + 1 + int(self.has_header)
 
+    def describe_row(self, row_id: int) -> str:
+        """Where data row ``row_id`` is in the file, for messages."""
+        return f"line {self.line_number(row_id)}"
 
-@dataclass(frozen=True)
-class Block:
-    """Whole lines of data (each ending in a line break) and the id of the first row."""
+    def identity(self) -> dict:
+        """The marker fields that describe the input's layout."""
+        return {
+            "input_format": "csv",
+            "compressed": self.compressed,
+            "has_header": self.has_header,
+            "has_label": self.has_label,
+        }
 
-    first_row: int
-    data: bytes | memoryview
-    rows: int
-    maybe_hex: bool = True  # False when the block holds no "x" (see _fast)
+    def cut_settings(self, block_rows: int) -> dict:
+        """The marker fields a finished shard must share with a run of these settings."""
+        return {"block_rows": block_rows if self.compressed else None}
 
+    def open_shard(self, index: int, count: int, block_bytes: int, block_rows: int) -> InputShard:
+        """Shard ``index`` of ``count``: its parsed blocks and the cut its marker records."""
+        if self.compressed:
+            keep = lambda k: in_gzip_shard(k, index, count)  # noqa: E731
+            blocks = iter_gzip_blocks(self, keep, block_rows=block_rows)
+            parsed = (parse_block(block, self) for block in blocks if block.data)
+            return InputShard(parsed, {"sharding": "row-blocks", "block_rows": block_rows}, None)
+        cut = byte_range(self, index, count)
+        blocks = iter_range_blocks(self, cut.start, cut.end, cut.first_row, block_bytes)
+        cut_fields = {
+            "sharding": "bytes",
+            "byte_start": cut.start,
+            "byte_end": cut.end,
+            "first_row_id": cut.first_row,
+        }
+        # A valid row takes at least one digit and one separator per field.
+        valid_at_most = (cut.end - cut.start) // (2 * len(self.columns))
+        return InputShard((parse_block(b, self) for b in blocks), cut_fields, valid_at_most)
 
-@dataclass(frozen=True)
-class Reject:
-    """A data row that could not be scored, and why."""
-
-    row_id: int
-    line: int
-    kind: str
-    reason: str
-    raw: str
-
-
-@dataclass
-class ParsedBlock:
-    """The valid rows of a block as arrays, and the rejected ones."""
-
-    row_ids: np.ndarray  # int64, ascending
-    pixels: np.ndarray  # uint8 (n, 784), possibly a transposed view
-    labels: np.ndarray | None  # uint8 (n,) when the input has labels
-    rejects: list[Reject] = field(default_factory=list)
+    def expected_shards(self, count: int, block_rows: int | None) -> list[ExpectedShard]:
+        """The rows each of ``count`` shards must hold, derived from the file alone."""
+        shards = []
+        if not self.compressed:
+            first = 0
+            for index, (start, end) in enumerate(shard_bounds(self, count)):
+                rows = rows_in_range(self, start, end)
+                cut = {"byte_start": start, "byte_end": end, "first_row_id": first}
+                shards.append(ExpectedShard(index, rows, cut, ((first, first + rows),)))
+                first += rows
+            return shards
+        total = count_data_rows(self)
+        for index in range(count):
+            ranges = tuple(
+                (start, min(start + block_rows, total))
+                for k, start in enumerate(range(0, total, block_rows))
+                if in_gzip_shard(k, index, count)
+            )
+            shards.append(ExpectedShard(index, sum(b - a for a, b in ranges), {}, ranges))
+        return shards
 
 
 # --------------------------------------------------------------------------- inspecting
@@ -160,11 +182,42 @@ def _check_header(path: Path, names: list[str]) -> bool:
     )
 
 
+def _sample_values(line: bytes, has_label: bool) -> list[float] | None:
+    """The pixel values of one sample line as numbers, or None when any is not one."""
+    fields = line.rstrip(b"\r").split(b",")
+    if len(fields) != PIXELS + int(has_label):
+        return None
+    try:
+        return [float(f.strip(b' \t"')) for f in fields[int(has_label) :]]
+    except ValueError:
+        return None
+
+
+def _refuse_normalized(path: Path, data: bytes, whole: bool, csv: CsvInput) -> None:
+    """Raise when the sample rows hold 0-1 fractions and nothing above 1 (see rows.py)."""
+    if b"." not in data:
+        return
+    lines = data.split(b"\n")
+    lines = lines if whole else lines[:-1]
+    found = None  # (value, row id) of the first 0-1 fraction
+    for row_id, line in enumerate(lines[:NORMALIZED_SAMPLE_ROWS]):
+        row = _sample_values(line, csv.has_label)
+        if row is None:
+            continue
+        if any(value > 1 for value in row):
+            return
+        example = normalized_example(np.asarray(row))
+        if example is not None and found is None:
+            found = (example, row_id)
+    if found is not None:
+        raise FmnistError(normalized_message(path, found[0], csv.describe_row(found[1])))
+
+
 def inspect_csv(path: Path | str) -> CsvInput:
     """Check that ``path`` is a Fashion-MNIST CSV and find its layout, before any work.
 
-    Empty files, header-only files, headers with the wrong columns and binary files
-    raise a one-line :class:`FmnistError`.
+    Empty files, header-only files, headers with the wrong columns, binary files and
+    files of normalized (0-1) pixels raise a one-line :class:`FmnistError`.
     """
     path = Path(path)
     if not path.is_file():
@@ -194,7 +247,9 @@ def inspect_csv(path: Path | str) -> CsvInput:
         rest = b"" if first_break < 0 else text[first_break + 1 :]
         if whole and not rest.strip():
             raise FmnistError(f"{path}: header only, no data rows")
-        return CsvInput(path, compressed, size, bom + first_break + 1, True, has_label)
+        csv = CsvInput(path, compressed, size, bom + first_break + 1, True, has_label)
+        _refuse_normalized(path, rest, whole, csv)
+        return csv
     # No header: the layout is the field count most sample lines agree on, so one bad
     # first row is rejected later instead of deciding the layout.
     lines = text.split(b"\n")
@@ -206,27 +261,9 @@ def inspect_csv(path: Path | str) -> CsvInput:
             f"{path}: rows have {common} fields, expected {PIXELS + 1} (label + {PIXELS} pixels) "
             f"or {PIXELS} (pixels only)"
         )
-    return CsvInput(path, compressed, size, bom, False, common == PIXELS + 1)
-
-
-def input_fingerprint(path: Path | str) -> str:
-    """A cheap identity of the input file: SHA-256 of its size and sampled bytes.
-
-    Reads the first and last MiB and 16 slices in between, so every shard of a large
-    file can check it without reading the whole file. It tells a replaced, truncated
-    or regenerated file apart; it does not promise to see one changed byte in the middle.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    digest = hashlib.sha256(f"size={size};".encode())
-    with open(path, "rb") as handle:
-        digest.update(handle.read(1 << 20))
-        for k in range(1, FINGERPRINT_SAMPLES + 1):
-            handle.seek(size * k // (FINGERPRINT_SAMPLES + 1))
-            digest.update(handle.read(FINGERPRINT_SAMPLE_BYTES))
-        handle.seek(max(0, size - (1 << 20)))
-        digest.update(handle.read(1 << 20))
-    return "sampled-sha256:" + digest.hexdigest()
+    csv = CsvInput(path, compressed, size, bom, False, common == PIXELS + 1)
+    _refuse_normalized(path, text, whole, csv)
+    return csv
 
 
 # --------------------------------------------------------------------------- shards
@@ -359,11 +396,20 @@ def iter_range_blocks(
                     filled = size
                     continue
             rows = buffer.count(b"\n", 0, cut)
-            maybe_hex = buffer.find(b"x", 0, cut) >= 0 or buffer.find(b"X", 0, cut) >= 0
-            yield Block(row, view[:cut], rows, maybe_hex)
+            yield Block(row, view[:cut], rows, _special_in(buffer, cut))
             row += rows
             filled = max(0, size - cut)
             view[:filled] = bytes(view[cut:size])
+
+
+def _special_in(buffer: bytearray, end: int) -> frozenset:
+    """Which special characters (see csv_parse.SPECIAL) bytes [0, end) hold: a memchr each."""
+    found = {
+        "hex": buffer.find(b"x", 0, end) >= 0 or buffer.find(b"X", 0, end) >= 0,
+        "quote": buffer.find(b'"', 0, end) >= 0,
+        "point": buffer.find(b".", 0, end) >= 0,
+    }
+    return frozenset(name for name in SPECIAL if found[name])
 
 
 def _grown(buffer: bytearray, size: int) -> tuple[bytearray, memoryview]:
@@ -413,192 +459,3 @@ def iter_gzip_blocks(
         raise CorruptInput(
             f"{csv.path}: corrupt or truncated gzip data after row {row} ({exc})"
         ) from exc
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def _shown(text: bytes) -> str:
-    return text[:20].decode("utf-8", "replace")
-
-
-def _bad_value(text: bytes, name: str, is_label: bool) -> tuple[str, str]:
-    """(kind, reason) for a field that is not a plain decimal integer."""
-    if not text:
-        return "empty_value", f"{name} is empty"
-    try:
-        number = float(text)
-    except ValueError:
-        return "non_integer", f"{name} is {_shown(text)!r}, not an integer"
-    if math.isnan(number):
-        return "nan", f"{name} is NaN"
-    if math.isinf(number):
-        return "non_integer", f"{name} is {_shown(text)!r}, not an integer"
-    if is_label and number < 0 and number.is_integer():
-        return "label_out_of_range", f"label is {_shown(text)}, outside 0-9"
-    if number < 0:
-        return "negative", f"{name} is {_shown(text)}, negative"
-    if not number.is_integer():
-        return "fractional", f"{name} is {_shown(text)}, fractional"
-    return "non_integer", f"{name} is {_shown(text)!r}, not written as a plain integer"
-
-
-def check_row(line: bytes, has_label: bool) -> tuple[list[int] | None, str, str]:
-    """Validate one line (without its line break): (values, "", "") or (None, kind, reason).
-
-    A value is decimal digits, optionally padded with spaces or tabs; labels are 0-9,
-    pixels 0-255. The first offending field decides the reason.
-    """
-    if line.endswith(b"\r"):
-        line = line[:-1]
-    expected = PIXELS + int(has_label)
-    if not line.strip(b" \t"):
-        return None, "empty_line", "empty line"
-    fields = line.split(b",")
-    if len(fields) != expected:
-        kind = "too_many_fields" if len(fields) > expected else "too_few_fields"
-        return None, kind, f"expected {expected} fields, got {len(fields)}"
-    names = CSV_HEADER if has_label else CSV_HEADER[1:]
-    values = []
-    for column, raw in enumerate(fields):
-        text = raw.strip(b" \t")
-        is_label = has_label and column == 0
-        if not text.isdigit():
-            return None, *_bad_value(text, names[column], is_label)
-        value = int(text)
-        if is_label and value > 9:
-            return None, "label_out_of_range", f"label is {value}, outside 0-9"
-        if value > 255:
-            return None, "over_255", f"{names[column]} is {value}, above 255"
-        values.append(value)
-    return values, "", ""
-
-
-def _exact(data: bytes | memoryview, first_row: int, csv: CsvInput) -> ParsedBlock:
-    lines = bytes(data).split(b"\n")[:-1]  # data ends with a line break
-    good_ids, good_values, rejects = [], [], []
-    for offset, line in enumerate(lines):
-        row_id = first_row + offset
-        values, kind, reason = check_row(line, csv.has_label)
-        if values is None:
-            raw = line.rstrip(b"\r").decode("utf-8", "replace")[:RAW_CHARS]
-            rejects.append(Reject(row_id, csv.line_number(row_id), kind, reason, raw))
-        else:
-            good_ids.append(row_id)
-            good_values.append(values)
-    offset = int(csv.has_label)
-    array = np.asarray(good_values, dtype=np.uint8).reshape(len(good_values), PIXELS + offset)
-    return ParsedBlock(
-        row_ids=np.asarray(good_ids, dtype=np.int64),
-        pixels=np.ascontiguousarray(array[:, offset:]),
-        labels=array[:, 0].copy() if csv.has_label else None,
-        rejects=rejects,
-    )
-
-
-def _read_options(csv: CsvInput, size: int) -> pcsv.ReadOptions:
-    # pyarrow parses the blocks of a buffer in parallel. The scorer parses the next
-    # buffer while the engine scores this one, so half the cores parse (one block
-    # each) and the engine keeps the rest; more, smaller blocks oversubscribe the
-    # cores and cost more per row with 785 columns.
-    blocks = max(1, pa.cpu_count() // 2)
-    block_size = max(1 << 20, -(-size // blocks) + 1)
-    return pcsv.ReadOptions(column_names=csv.columns, block_size=block_size)
-
-
-_PARSE = pcsv.ParseOptions(quote_char=False, ignore_empty_lines=False)
-
-
-def _convert_options(csv: CsvInput) -> pcsv.ConvertOptions:
-    return pcsv.ConvertOptions(
-        column_types={name: pa.uint8() for name in csv.columns},
-        null_values=[],
-        strings_can_be_null=False,
-        quoted_strings_can_be_null=False,
-    )
-
-
-def _has_hex(data: bytes | memoryview) -> bool:
-    raw = data if isinstance(data, bytes) else bytes(data)
-    return b"x" in raw or b"X" in raw
-
-
-def _fast(data: bytes | memoryview, rows: int, csv: CsvInput, maybe_hex: bool) -> pa.Table | None:
-    # pyarrow reads "0x1F" as hexadecimal: leave any block with an x to the exact path.
-    if maybe_hex and _has_hex(data):
-        return None
-    try:
-        table = pcsv.read_csv(
-            pa.py_buffer(data),
-            read_options=_read_options(csv, len(data)),
-            parse_options=_PARSE,
-            convert_options=_convert_options(csv),
-        )
-    except pa.ArrowInvalid:
-        return None
-    # A lone carriage return ends a row for pyarrow, not for us: counts must agree.
-    if table.num_rows != rows:
-        return None
-    if csv.has_label and rows and pc.max(table.column(0)).as_py() > 9:
-        return None
-    return table
-
-
-def _from_table(table: pa.Table, first_row: int, csv: CsvInput) -> ParsedBlock:
-    offset = int(csv.has_label)
-    # Column by column into rows of a (pixels, rows) array writes memory in order; its
-    # (rows, pixels) view is transposed back batch by batch when images are made.
-    by_column = np.empty((PIXELS, table.num_rows), dtype=np.uint8)
-    start = 0
-    for batch in table.to_batches():
-        stop = start + batch.num_rows
-        for column in range(PIXELS):
-            by_column[column, start:stop] = batch.column(column + offset).to_numpy()
-        start = stop
-    labels = table.column(0).to_numpy() if csv.has_label else None
-    return ParsedBlock(
-        row_ids=np.arange(first_row, first_row + table.num_rows, dtype=np.int64),
-        pixels=by_column.T,
-        labels=labels,
-    )
-
-
-def _split(data: bytes | memoryview, rows: int, ways: int) -> list[tuple[int, bytes, int]]:
-    """Cut whole lines into ``ways`` pieces: (row offset, bytes, rows) each."""
-    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10) + 1
-    pieces, begin_row, begin = [], 0, 0
-    for k in range(1, ways + 1):
-        end_row = rows * k // ways
-        if end_row == begin_row:
-            continue
-        end = int(ends[end_row - 1])
-        pieces.append((begin_row, data[begin:end], end_row - begin_row))
-        begin_row, begin = end_row, end
-    return pieces
-
-
-def _parse(
-    data: bytes | memoryview, first_row: int, rows: int, csv: CsvInput, maybe_hex: bool
-) -> list[ParsedBlock]:
-    table = _fast(data, rows, csv, maybe_hex)
-    if table is not None:
-        return [_from_table(table, first_row, csv)]
-    if rows <= EXACT_LINES:
-        return [_exact(data, first_row, csv)]
-    parts = []
-    for offset, piece, piece_rows in _split(data, rows, SPLIT_WAYS):
-        parts.extend(_parse(piece, first_row + offset, piece_rows, csv, maybe_hex))
-    return parts
-
-
-def parse_block(block: Block, csv: CsvInput) -> ParsedBlock:
-    """Valid rows of ``block`` as arrays, and a :class:`Reject` for every other row."""
-    parts = _parse(block.data, block.first_row, block.rows, csv, block.maybe_hex)
-    if len(parts) == 1:
-        return parts[0]
-    return ParsedBlock(
-        row_ids=np.concatenate([p.row_ids for p in parts]),
-        pixels=np.concatenate([p.pixels for p in parts]),
-        labels=np.concatenate([p.labels for p in parts]) if csv.has_label else None,
-        rejects=[r for p in parts for r in p.rejects],
-    )

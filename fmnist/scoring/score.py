@@ -1,12 +1,14 @@
-"""Batch scoring: a CSV of images to Parquet predictions, in shards that survive kills.
+"""Batch scoring: CSV or Parquet images to Parquet predictions, in shards that survive kills.
 
-``score_shard`` streams one shard of the input (see :mod:`fmnist.scoring.csv_input`) through an
-engine in throughput mode and writes the shard's part, rejects and marker files
+``score_shard`` streams one shard of the input (see :mod:`fmnist.scoring.inputs`) through
+an engine in throughput mode and writes the shard's part, rejects and marker files
 (:mod:`fmnist.scoring.shards`). Both Parquet files are written to temporary names and
 renamed when complete, the rejects first, then the part; the marker is written last.
 A shard is finished only when its marker exists and agrees with its files, the input
 and the model, so a killed process leaves nothing that looks finished and running the
-same command again redoes exactly the unfinished shards.
+same command again redoes exactly the unfinished shards. A shard whose rejected rows
+pass ``--max-rejects`` is not finished either: it leaves no files, and the command
+fails with a summary once the other shards are done.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from queue import Full, Queue
@@ -30,27 +32,17 @@ import pyarrow.parquet as pq
 
 from fmnist.data import CLASS_NAMES, to_model_input
 from fmnist.engines import available_variants, create_engine, variant_artifact
-from fmnist.engines.optimize import int8_acceptable
+from fmnist.engines.int8_check import Int8Check
 from fmnist.io import FmnistError, RunLayout, atomic_path, sha256_file, sha256_files
 from fmnist.jobenv import record_job, require_array_index
-from fmnist.scoring.csv_input import (
-    BLOCK_BYTES,
-    GZIP_BLOCK_ROWS,
-    Block,
-    CsvInput,
-    ParsedBlock,
-    Reject,
-    byte_range,
-    in_gzip_shard,
-    input_fingerprint,
-    inspect_csv,
-    iter_gzip_blocks,
-    iter_range_blocks,
-    parse_block,
-)
+from fmnist.scoring.csv_input import BLOCK_BYTES, GZIP_BLOCK_ROWS
+from fmnist.scoring.inputs import ScoringInput, input_fingerprint, open_input
+from fmnist.scoring.rows import InputShard, ParsedBlock, Reject, reject_position
 from fmnist.scoring.shards import (
+    DEFAULT_MAX_REJECTS,
     REJECT_SCHEMA,
     BufferedWriter,
+    RejectLimit,
     ShardMarker,
     clean_stale_temporaries,
     part_name,
@@ -79,6 +71,7 @@ class ScoreConfig:
     out_dir: Path
     shards: int = 1
     on_bad_row: str = "reject"
+    max_rejects: str = DEFAULT_MAX_REJECTS  # N rows or P% of a shard's rows (RejectLimit)
     probabilities: bool = False
     batch_size: int = 256
     block_bytes: int = BLOCK_BYTES
@@ -92,7 +85,7 @@ class ShardResult:
 
     index: int
     shards: int
-    status: str  # scored | skipped
+    status: str  # scored | skipped | over-limit
     rows_read: int
     predicted: int
     rejected: int
@@ -100,12 +93,21 @@ class ShardResult:
     rows_per_second: float
     peak_rss_bytes: int
     part: Path
+    summary: str = ""  # why a shard is over the reject limit
+
+
+class RejectLimitExceeded(FmnistError):
+    """Shards passed ``--max-rejects``; the finished ones are kept, the others left undone."""
+
+    def __init__(self, message: str, results: list[ShardResult]):
+        super().__init__(message)
+        self.results = results
 
 
 def input_stem(path: Path | str) -> str:
-    """``test.csv.gz`` -> ``test``: the input's name in the predictions directory."""
+    """``test.csv.gz`` or ``test.parquet`` -> ``test``: the input's name under predictions/."""
     name = Path(path).name
-    for suffix in (".gz", ".csv"):
+    for suffix in (".gz", ".csv", ".parquet", ".pq"):
         name = name.removesuffix(suffix)
     return name or "input"
 
@@ -118,31 +120,32 @@ def default_out_dir(run: Path | str, input_path: Path | str, model: str) -> Path
 # --------------------------------------------------------------------------- choices
 
 
-def _accuracy(path: Path) -> float | None:
+def _overall_metrics(path: Path) -> dict | None:
+    # The overall figures are repeated on every row of a metrics file; the first will do.
     if not path.is_file():
         return None
-    values = pq.read_table(path, columns=["accuracy"]).column("accuracy").to_pylist()
-    return float(values[0]) if values else None
+    rows = pq.read_table(path).slice(0, 1).to_pylist()
+    return rows[0] if rows else None
 
 
 def default_variant(run: Path | str, model: str) -> tuple[str, str]:
     """The variant to score with by default, and why.
 
-    INT8 when its test metrics exist and pass the INT8 acceptance rule
-    (:func:`fmnist.engines.optimize.int8_acceptable`) against f32, else OpenVINO f32
-    when its IR exists, else Keras.
+    INT8 when its test metrics and f32's exist and pass the INT8 check
+    (:meth:`fmnist.engines.int8_check.Int8Check.acceptable`: accuracy, loss, mean
+    confidence, mean |Δp| against f32), else OpenVINO f32 when its IR exists, else Keras.
     """
     available = available_variants()
     layout = RunLayout(Path(run))
-    f32 = _accuracy(layout.metrics(model, "openvino-f32"))
-    int8 = _accuracy(layout.metrics(model, "openvino-int8"))
+    f32 = _overall_metrics(layout.metrics(model, "openvino-f32"))
+    int8 = _overall_metrics(layout.metrics(model, "openvino-int8"))
     if (
         "openvino-int8" in available
         and f32 is not None
         and int8 is not None
         and variant_artifact(run, model, "openvino-int8").is_file()
     ):
-        accepted, why = int8_acceptable(f32, int8)
+        accepted, why = Int8Check.from_metrics(f32, int8).acceptable()
         if accepted:
             return "openvino-int8", why
         fallback = why
@@ -212,28 +215,6 @@ def cached_engine(run: Path, model: str, variant: str):
 
 
 # --------------------------------------------------------------------------- scoring
-
-
-def shard_blocks(csv: CsvInput, index: int, config: ScoreConfig):
-    """(blocks of this shard, description of the cut recorded in the marker)."""
-    count, block_rows = config.shards, config.gzip_block_rows
-    if csv.compressed:
-        blocks = (
-            block
-            for block in iter_gzip_blocks(
-                csv, lambda k: in_gzip_shard(k, index, count), block_rows=block_rows
-            )
-            if block.data
-        )
-        return blocks, {"sharding": "row-blocks", "block_rows": block_rows}
-    cut = byte_range(csv, index, count)
-    blocks = iter_range_blocks(csv, cut.start, cut.end, cut.first_row, config.block_bytes)
-    return blocks, {
-        "sharding": "bytes",
-        "byte_start": cut.start,
-        "byte_end": cut.end,
-        "first_row_id": cut.first_row,
-    }
 
 
 def model_batches(pixels: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
@@ -325,19 +306,47 @@ def prefetched(items: Iterator, depth: int = 1) -> Iterator:
         thread.join()
 
 
-def _bad_row_error(csv: CsvInput, reject: Reject) -> FmnistError:
-    return FmnistError(f"{csv.path}:{reject.line}: {reject.reason} (--on-bad-row fail)")
+def _bad_row_error(source: ScoringInput, reject: Reject) -> FmnistError:
+    return FmnistError(
+        f"{reject_position(source.path, reject)}: {reject.reason} (--on-bad-row fail)"
+    )
+
+
+@dataclass
+class _RejectTally:
+    """How many rows of each kind a shard rejected, and the first of them."""
+
+    kinds: Counter = field(default_factory=Counter)
+    first: Reject | None = None
+
+    def add(self, rejects: list[Reject]) -> None:
+        self.first = self.first or rejects[0]
+        self.kinds.update(reject.kind for reject in rejects)
+
+
+class _OverLimit(Exception):
+    """A shard passed the reject limit: unwinds its writes, so its files are not kept."""
+
+    def __init__(self, rows_read: int, rejected: int, early: bool):
+        super().__init__(f"{rejected} of {rows_read} rows rejected")
+        self.rows_read, self.rejected, self.early = rows_read, rejected, early
 
 
 def score_shard(
     config: ScoreConfig, index: int, progress: Callable[[str], None] | None = None
 ) -> ShardResult:
-    """Score shard ``index`` of ``config.shards``, unless it is already finished."""
+    """Score shard ``index`` of ``config.shards``, unless it is already finished.
+
+    A shard whose rejected rows pass ``config.max_rejects`` keeps no files and comes
+    back with status ``over-limit`` and a summary; so does a finished one whose
+    recorded rejects pass a stricter limit than it was scored with.
+    """
     progress = progress or _stderr
     count = config.shards
     label = f"shard {index}/{count}"
-    csv = inspect_csv(config.input)
-    fingerprint = input_fingerprint(csv.path)
+    limit = RejectLimit.parse(config.max_rejects)
+    source = open_input(config.input)
+    fingerprint = input_fingerprint(source.path)
     expected_sha = model_sha256(variant_artifact(config.run, config.model, config.variant))
     out_dir = config.out_dir
     part = out_dir / part_name(index, count)
@@ -348,11 +357,19 @@ def score_shard(
             "input_fingerprint": fingerprint,
             "model_sha256": expected_sha,
             "variant": config.variant,
-            "has_label": csv.has_label,
+            **source.identity(),
             "probabilities": config.probabilities,
-            "block_rows": config.gzip_block_rows if csv.compressed else None,
+            **source.cut_settings(config.gzip_block_rows),
         }
         finished = shard_finished(out_dir, index, count, expected)
+        if finished and limit.exceeded(finished.rejected, finished.rows_read):
+            summary = (
+                f"finished earlier with {finished.rejected:,} of {finished.rows_read:,} rows "
+                f"rejected (under --max-rejects {finished.max_rejects}), more than "
+                f"--max-rejects {limit} allows ({limit.allowed(finished.rows_read):,})"
+            )
+            progress(f"{label}: {summary}")
+            return _result(finished, "over-limit", part, summary)
         if finished:
             progress(f"{label}: already finished, skipped ({part})")
             return _result(finished, "skipped", part)
@@ -367,29 +384,47 @@ def score_shard(
             "variant": config.variant,
             "executed_precision": engine.info.executed_precision,
             "model_sha256": model_sha256(engine.info.model_path),
-            "input": str(csv.path.resolve()),
+            "input": str(source.path.resolve()),
             "input_fingerprint": fingerprint,
             "shard": index,
             "shards": count,
         }
-        schema = prediction_schema(csv.has_label, config.probabilities, metadata)
+        schema = prediction_schema(source.has_label, config.probabilities, metadata)
         started, cpu_started = time.perf_counter(), time.process_time()
-        blocks, cut = shard_blocks(csv, index, config)
-        rows_read, predicted, rejected = _write_shard(
-            config, csv, engine, schema, blocks, index, count, progress
-        )
+        shard = source.open_shard(index, count, config.block_bytes, config.gzip_block_rows)
+        tally = _RejectTally()
+        try:
+            rows_read, predicted, rejected = _write_shard(
+                config, source, engine, schema, shard, tally, limit, index, progress
+            )
+        except _OverLimit as over:
+            summary = _over_limit_summary(source, over, limit, tally)
+            progress(f"{label}: {summary}")
+            return ShardResult(
+                index=index,
+                shards=count,
+                status="over-limit",
+                rows_read=over.rows_read,
+                predicted=0,
+                rejected=over.rejected,
+                seconds=round(time.perf_counter() - started, 3),
+                rows_per_second=0.0,
+                peak_rss_bytes=peak_rss_bytes(),
+                part=part,
+                summary=summary,
+            )
         seconds = time.perf_counter() - started
         marker = ShardMarker(
             **metadata,
-            **cut,
-            input_bytes=csv.size,
-            compressed=csv.compressed,
-            has_header=csv.has_header,
-            has_label=csv.has_label,
+            **shard.cut,
+            **source.identity(),
+            input_bytes=source.size,
             probabilities=config.probabilities,
             rows_read=rows_read,
             predicted=predicted,
             rejected=rejected,
+            max_rejects=str(limit),
+            reject_limit=limit.allowed(rows_read),
             part=part.name,
             part_sha256=sha256_file(part),
             rejects=rejects_name(index, count),
@@ -405,13 +440,13 @@ def score_shard(
         marker.write(out_dir)
     progress(
         f"{label}: {marker.rows_read:,} rows, {marker.predicted:,} predicted, "
-        f"{marker.rejected:,} rejected in {seconds:.1f}s "
-        f"({marker.rows_per_second:,.0f} rows/s) -> {part}"
+        f"{marker.rejected:,} rejected (--max-rejects {limit}: {marker.reject_limit:,}) in "
+        f"{seconds:.1f}s ({marker.rows_per_second:,.0f} rows/s) -> {part}"
     )
     return _result(marker, "scored", part)
 
 
-def _result(marker: ShardMarker, status: str, part: Path) -> ShardResult:
+def _result(marker: ShardMarker, status: str, part: Path, summary: str = "") -> ShardResult:
     return ShardResult(
         index=marker.shard,
         shards=marker.shards,
@@ -423,20 +458,43 @@ def _result(marker: ShardMarker, status: str, part: Path) -> ShardResult:
         rows_per_second=marker.rows_per_second,
         peak_rss_bytes=marker.peak_rss_bytes,
         part=part,
+        summary=summary,
+    )
+
+
+def _over_limit_summary(
+    source: ScoringInput,
+    over: _OverLimit,
+    limit: RejectLimit,
+    tally: _RejectTally,
+) -> str:
+    if over.early:
+        counted = f"{over.rejected:,} rejected in the first {over.rows_read:,} rows read"
+        past = f"already more than --max-rejects {limit} allows for the whole shard"
+    else:
+        counted = f"{over.rejected:,} of its {over.rows_read:,} rows rejected"
+        past = f"more than --max-rejects {limit} allows ({limit.allowed(over.rows_read):,})"
+    common = ", ".join(f"{kind} {n:,}" for kind, n in tally.kinds.most_common(3))
+    first = tally.first
+    return (
+        f"{counted}, {past}; most often {common}; first: "
+        f"{reject_position(source.path, first)}: {first.reason}"
     )
 
 
 def _write_shard(
     config: ScoreConfig,
-    csv: CsvInput,
+    source: ScoringInput,
     engine,
     schema: pa.Schema,
-    blocks: Iterator[Block],
+    shard: InputShard,
+    tally: _RejectTally,
+    limit: RejectLimit,
     index: int,
-    count: int,
     progress: Callable[[str], None],
 ) -> tuple[int, int, int]:
     out_dir = config.out_dir
+    count = config.shards
     rows_read = 0
     last_report = time.perf_counter()
     # Exiting in reverse order renames the rejects first, then the part.
@@ -446,23 +504,28 @@ def _write_shard(
     ):
         predictions = BufferedWriter(part_tmp, schema, config.row_group_rows)
         rejects = BufferedWriter(rejects_tmp, REJECT_SCHEMA, config.row_group_rows)
-        # Parse in the background: the reader reuses its buffer, so a block is parsed
-        # before the next one is read, and only parsed blocks cross threads.
-        parsed_blocks = prefetched((block.rows, parse_block(block, csv)) for block in blocks)
-        for block_rows, parsed in parsed_blocks:
-            if parsed.rejects and config.on_bad_row == "fail":
-                raise _bad_row_error(csv, parsed.rejects[0])
+        # Parse in the background: a reader may reuse its buffer, so each block is
+        # parsed before the next one is read, and only parsed blocks cross threads.
+        parsed: ParsedBlock
+        for parsed in prefetched(shard.blocks):
+            if parsed.rejects:
+                if config.on_bad_row == "fail":
+                    raise _bad_row_error(source, parsed.rejects[0])
+                tally.add(parsed.rejects)
+                rejects.add(rejects_table(parsed.rejects))
+            rows_read += parsed.rows
+            if limit.certain_to_exceed(rejects.rows, shard.valid_rows_at_most):
+                raise _OverLimit(rows_read, rejects.rows, early=True)
             probs = predict_block(engine, parsed, config.batch_size)
             predictions.add(predictions_table(schema, parsed.row_ids, probs, parsed.labels))
-            if parsed.rejects:
-                rejects.add(rejects_table(parsed.rejects))
-            rows_read += block_rows
             if time.perf_counter() - last_report >= 5:
                 last_report = time.perf_counter()
                 progress(
                     f"shard {index}/{count}: {rows_read:,} rows read, {rejects.rows:,} "
                     f"rejected, RSS {rss_bytes() >> 20} MiB"
                 )
+        if limit.exceeded(rejects.rows, rows_read):
+            raise _OverLimit(rows_read, rejects.rows, early=False)
         predictions.close()
         rejects.close()
     return rows_read, predictions.rows, rejects.rows
@@ -508,12 +571,26 @@ def score_shards(
     workers: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> list[ShardResult]:
-    """Score the given shards, ``workers`` processes at a time (joblib) when more than one."""
+    """Score the given shards, ``workers`` processes at a time (joblib) when more than one.
+
+    Raises :class:`RejectLimitExceeded` after the last shard when any shard passed
+    ``--max-rejects``; the shards that finished keep their files and markers.
+    """
     if config.on_bad_row not in ON_BAD_ROW:
         raise FmnistError(f"--on-bad-row must be one of {', '.join(ON_BAD_ROW)}")
-    inspect_csv(config.input)  # one-line errors for a bad input before any work
+    limit = RejectLimit.parse(config.max_rejects)
+    open_input(config.input)  # one-line errors for a bad input before any work
     results = _score_indices(config, indices, workers, progress)
     record_job(config.run, f"score {config.input.name} {config.model}")
+    over = [result for result in results if result.status == "over-limit"]
+    if over:
+        kept = len(results) - len(over)
+        raise RejectLimitExceeded(
+            f"{len(over)} of {len(results)} shard(s) past --max-rejects {limit}: shard "
+            f"{over[0].index}/{over[0].shards}: {over[0].summary}. {kept} finished shard(s) "
+            "kept; fix the input or raise --max-rejects, then run the same command again",
+            results,
+        )
     return results
 
 

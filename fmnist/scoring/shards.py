@@ -7,16 +7,19 @@ Shard ``I`` of ``N`` of a predictions directory is::
     part-0000I-of-0000N.success.json     the success marker: counts, fingerprints, timing
 
 ``fmnist.scoring.score`` writes them, ``fmnist.scoring.verify`` checks them and the
-report reads them; the marker's format belongs to :class:`ShardMarker` alone.
+report reads them; the marker's format belongs to :class:`ShardMarker` alone, and the
+rejected-rows limit it records to :class:`RejectLimit`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, fields
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +28,10 @@ import pyarrow.parquet as pq
 
 from fmnist.data import CLASS_NAMES
 from fmnist.io import FmnistError, LockBusy, file_lock, sha256_file, write_json_atomic
-from fmnist.scoring.csv_input import Reject
+from fmnist.scoring.rows import Reject
 
-MARKER_FORMAT = "fmnist-score-shard/1"
+MARKER_FORMAT = "fmnist-score-shard/2"
+DEFAULT_MAX_REJECTS = "1%"
 REJECT_SCHEMA = pa.schema(
     [
         ("row_id", pa.int64()),
@@ -138,6 +142,65 @@ class BufferedWriter:
         self.writer.close()
 
 
+# --------------------------------------------------------------------------- reject limit
+
+
+@dataclass(frozen=True)
+class RejectLimit:
+    """``--max-rejects``: at most N rejected rows per shard (``100``), or P % of its rows (``1%``).
+
+    A shard past its limit is not finished: it gets no marker, and the command fails.
+    """
+
+    text: str
+    count: int | None = None
+    percent: Fraction | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> RejectLimit:
+        """``N`` or ``P%``; a one-line error for anything else."""
+        text = str(text).strip()
+        try:
+            if text.endswith("%"):
+                percent = Fraction(text[:-1].strip())
+                if 0 <= percent <= 100:
+                    return cls(text, percent=percent)
+            elif int(text) >= 0:
+                return cls(text, count=int(text))
+        except (ValueError, ZeroDivisionError):
+            pass
+        raise FmnistError(
+            f"--max-rejects {text!r}: expected a number of rows N >= 0 or a percentage "
+            "P% of a shard's rows (0-100), e.g. 100 or 1%"
+        )
+
+    def allowed(self, rows: int) -> int:
+        """The most rejected rows a shard of ``rows`` rows may have."""
+        if self.count is not None:
+            return self.count
+        return math.floor(self.percent * rows / 100)
+
+    def exceeded(self, rejected: int, rows: int) -> bool:
+        """Whether ``rejected`` of ``rows`` rows is past the limit."""
+        return rejected > self.allowed(rows)
+
+    def certain_to_exceed(self, rejected: int, valid_rows_at_most: int | None) -> bool:
+        """Whether a shard with ``rejected`` rows so far ends past the limit whatever follows.
+
+        With at most ``valid_rows_at_most`` valid rows in the whole shard, the share of
+        rejects is smallest when every remaining row is valid, so a shard can stop as
+        soon as even that share is too high. Unknown bounds never stop a percentage.
+        """
+        if self.count is not None:
+            return rejected > self.count
+        if valid_rows_at_most is None:
+            return False
+        return self.exceeded(rejected, rejected + valid_rows_at_most)
+
+    def __str__(self) -> str:
+        return self.text
+
+
 # --------------------------------------------------------------------------- markers
 
 
@@ -159,6 +222,7 @@ class ShardMarker:
     input: str
     input_fingerprint: str
     input_bytes: int
+    input_format: str  # csv | parquet
     compressed: bool
     has_header: bool
     has_label: bool
@@ -179,18 +243,26 @@ class ShardMarker:
     host: str
     pid: int
     finished: str
-    # The cut: byte ranges of a plain file, or every N-th block of rows of a gzip one.
-    sharding: str  # bytes | row-blocks
+    # The rejected-rows limit the shard was held to (see RejectLimit), and its value
+    # for this shard's rows.
+    max_rejects: str
+    reject_limit: int
+    # The cut: byte ranges of a plain file, every N-th block of rows of a gzip one, or
+    # a range of row groups of a Parquet file.
+    sharding: str  # bytes | row-blocks | row-groups
     byte_start: int | None = None
     byte_end: int | None = None
     first_row_id: int | None = None
     block_rows: int | None = None
+    row_group_start: int | None = None
+    row_group_end: int | None = None
     format: str = MARKER_FORMAT
 
     # Every shard of one predictions directory must agree on these.
     SHARED_KEYS = (
         "input",
         "input_fingerprint",
+        "input_format",
         "compressed",
         "has_header",
         "has_label",
@@ -259,6 +331,24 @@ class ShardMarker:
                 raise FmnistError(f"{path}: {key} is {getattr(self, key)}, should be {value}")
         if self.predicted + self.rejected != self.rows_read:
             raise FmnistError(f"{path}: predicted + rejected != rows_read")
+
+    def limit(self) -> RejectLimit:
+        """The rejected-rows limit this shard was held to."""
+        return RejectLimit.parse(self.max_rejects)
+
+    def check_reject_limit(self, path: Path) -> None:
+        """Raise naming ``path`` when the recorded limit is wrong or the rejects exceed it."""
+        allowed = self.limit().allowed(self.rows_read)
+        if self.reject_limit != allowed:
+            raise FmnistError(
+                f"{path}: reject_limit is {self.reject_limit}, --max-rejects "
+                f"{self.max_rejects} of {self.rows_read} rows is {allowed}"
+            )
+        if self.rejected > allowed:
+            raise FmnistError(
+                f"{path}: {self.rejected} rejected rows exceed --max-rejects "
+                f"{self.max_rejects} ({allowed} of {self.rows_read} rows)"
+            )
 
 
 def shard_finished(out_dir: Path, index: int, count: int, expected: dict) -> ShardMarker | None:

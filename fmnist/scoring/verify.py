@@ -1,9 +1,11 @@
 """Check that a predictions directory accounts for every row of its input, and merge it.
 
 ``verify_predictions`` re-derives from the input itself what each shard must hold
-(its byte range and row ids, or its row blocks for gzip) and compares the markers,
-the part files and the rejects files against that, stopping at the first discrepancy
-with an error that names it. ``merge_parts`` then writes one Parquet file in row order.
+(its byte range and row ids, its row blocks for gzip, its row groups for Parquet) and
+compares the markers, the part files and the rejects files against that, stopping at
+the first discrepancy with an error that names it; each shard's rejects are checked
+against the ``--max-rejects`` limit its marker records. ``merge_parts`` then writes one
+Parquet file in row order.
 """
 
 from __future__ import annotations
@@ -18,15 +20,8 @@ import pyarrow.parquet as pq
 
 from fmnist.io import FmnistError, atomic_path, enclosing_run, sha256_file
 from fmnist.jobenv import record_job
-from fmnist.scoring.csv_input import (
-    CsvInput,
-    count_data_rows,
-    in_gzip_shard,
-    input_fingerprint,
-    inspect_csv,
-    rows_in_range,
-    shard_bounds,
-)
+from fmnist.scoring.inputs import ScoringInput, input_fingerprint, open_input
+from fmnist.scoring.rows import ExpectedShard
 from fmnist.scoring.shards import (
     BufferedWriter,
     ShardMarker,
@@ -47,6 +42,29 @@ class VerifyResult:
     predicted: int
     rejected: int
     markers: list[ShardMarker]
+
+    def reject_limits(self) -> str:
+        """The --max-rejects the shards were held to: ``1%``, or ``1% (shards [0, 2]), ...``."""
+        limits: dict[str, list[int]] = {}
+        for marker in self.markers:
+            limits.setdefault(marker.max_rejects, []).append(marker.shard)
+        if len(limits) == 1:
+            return next(iter(limits))
+        return ", ".join(f"{limit} (shards {shards})" for limit, shards in limits.items())
+
+    def summary(self) -> str:
+        """One line: rows predicted and rejected, against the reject limit of the shards."""
+        worst = max(self.markers, key=lambda m: (m.rejected / max(m.rows_read, 1), -m.shard))
+        return (
+            f"{self.shards} shard(s), {self.rows} input rows = {self.predicted} predicted + "
+            f"{self.rejected} rejected ({_percent(self.rejected, self.rows)}); --max-rejects "
+            f"{self.reject_limits()} per shard, largest share in shard {worst.shard}: "
+            f"{worst.rejected} of {worst.rows_read} rows (limit {worst.reject_limit})"
+        )
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.2f} %" if whole else "no rows"
 
 
 def shard_count(directory: Path) -> int:
@@ -92,49 +110,13 @@ def load_markers(directory: Path, count: int) -> list[ShardMarker]:
     return markers
 
 
-@dataclass(frozen=True)
-class ExpectedShard:
-    """What the input says shard ``index`` must hold."""
-
-    index: int
-    rows: int
-    first_row: int | None  # byte shards: the row id of the first line
-    byte_start: int | None
-    byte_end: int | None
-    row_ranges: tuple[tuple[int, int], ...]  # [start, stop) row id ranges
-
-    def row_ids(self) -> np.ndarray:
-        return np.concatenate(
-            [np.arange(a, b, dtype=np.int64) for a, b in self.row_ranges] or [np.empty(0, np.int64)]
-        )
-
-
-def expected_shards(csv: CsvInput, count: int, block_rows: int | None) -> list[ExpectedShard]:
-    """The rows each shard must hold, derived from the input alone."""
-    shards = []
-    if not csv.compressed:
-        first = 0
-        for index, (start, end) in enumerate(shard_bounds(csv, count)):
-            rows = rows_in_range(csv, start, end)
-            shards.append(ExpectedShard(index, rows, first, start, end, ((first, first + rows),)))
-            first += rows
-        return shards
-    total = count_data_rows(csv)
-    for index in range(count):
-        ranges = tuple(
-            (start, min(start + block_rows, total))
-            for k, start in enumerate(range(0, total, block_rows))
-            if in_gzip_shard(k, index, count)
-        )
-        shards.append(ExpectedShard(index, sum(b - a for a, b in ranges), None, None, None, ranges))
-    return shards
-
-
 def _row_ids(path: Path) -> np.ndarray:
     return pq.read_table(path, columns=["row_id"]).column("row_id").to_numpy()
 
 
-def check_row_ids(label: str, csv: CsvInput, found: np.ndarray, expected: np.ndarray) -> None:
+def check_row_ids(
+    label: str, source: ScoringInput, found: np.ndarray, expected: np.ndarray
+) -> None:
     """Every expected row id exactly once among ``found``; else name the first wrong one."""
     found = np.sort(found)
     if len(found) == len(expected) and np.array_equal(found, expected):
@@ -143,7 +125,7 @@ def check_row_ids(label: str, csv: CsvInput, found: np.ndarray, expected: np.nda
     if missing.size:
         row = int(missing[0])
         raise FmnistError(
-            f"{label}: row {row} (line {csv.line_number(row)} of the input) is neither "
+            f"{label}: row {row} ({source.describe_row(row)} of the input) is neither "
             f"predicted nor rejected ({missing.size} missing)"
         )
     repeated = found[1:][np.diff(found) == 0]
@@ -154,14 +136,14 @@ def check_row_ids(label: str, csv: CsvInput, found: np.ndarray, expected: np.nda
 
 
 def _check_shard(
-    directory: Path, csv: CsvInput, marker: ShardMarker, expected: ExpectedShard, count: int
+    directory: Path, source: ScoringInput, marker: ShardMarker, expected: ExpectedShard, count: int
 ) -> None:
     index = expected.index
     part = directory / part_name(index, count)
     rejects = directory / rejects_name(index, count)
     label = f"{directory}: shard {index}/{count}"
     predicted_ids, rejected_ids = _row_ids(part), _row_ids(rejects)
-    check_row_ids(label, csv, np.concatenate([predicted_ids, rejected_ids]), expected.row_ids())
+    check_row_ids(label, source, np.concatenate([predicted_ids, rejected_ids]), expected.row_ids())
     marker_path = ShardMarker.path(directory, index, count)
     marker.check_counts(
         marker_path,
@@ -169,11 +151,10 @@ def _check_shard(
             "rows_read": expected.rows,
             "predicted": len(predicted_ids),
             "rejected": len(rejected_ids),
-            "byte_start": expected.byte_start,
-            "byte_end": expected.byte_end,
-            "first_row_id": expected.first_row,
+            **expected.cut,
         },
     )
+    marker.check_reject_limit(marker_path)
     metadata = {k.decode(): v.decode() for k, v in (pq.read_schema(part).metadata or {}).items()}
     for key in ShardMarker.PART_METADATA_KEYS:
         if metadata.get(key) != str(getattr(marker, key)):
@@ -205,12 +186,12 @@ def verify_predictions(
         raise FmnistError(f"{source}: input of {directory} not found (moved? pass --input FILE)")
     if input_fingerprint(source) != first.input_fingerprint:
         raise FmnistError(f"{source}: input changed since it was scored (fingerprint differs)")
-    csv = inspect_csv(source)
+    reader = open_input(source)
     progress(f"counting rows of {source}")
-    expected = expected_shards(csv, count, first.block_rows)
+    expected = reader.expected_shards(count, first.block_rows)
     for marker, shard in zip(markers, expected, strict=True):
         progress(f"checking shard {shard.index}/{count}")
-        _check_shard(directory, csv, marker, shard, count)
+        _check_shard(directory, reader, marker, shard, count)
     rows = sum(shard.rows for shard in expected)
     predicted = sum(m.predicted for m in markers)
     rejected = sum(m.rejected for m in markers)

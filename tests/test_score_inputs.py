@@ -1,0 +1,247 @@
+"""`score` and `verify` on real-world inputs: quoted and float CSV, normalized images, Parquet."""
+
+from __future__ import annotations
+
+import csv as csvlib
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from fmnist.cli import main
+from fmnist.data import CLASS_NAMES, to_model_input
+from fmnist.engines import create_engine
+from fmnist.io import FmnistError
+from fmnist.scoring.score import ScoreConfig, score_shards
+from fmnist.scoring.shards import marker_name, part_name, rejects_name
+from fmnist.scoring.verify import merge_parts, verify_predictions
+
+ROWS = 300
+MODEL = "backup1"
+
+
+@pytest.fixture(scope="module")
+def sample_csv(real_csv_factory):
+    return real_csv_factory(ROWS)
+
+
+@pytest.fixture(scope="module")
+def reference(trained_run, dataset):
+    """Probabilities of the engine itself on the same images."""
+    engine = create_engine(trained_run, MODEL, "keras-predict", mode="throughput")
+    return engine.predict(to_model_input(dataset.test.images[:ROWS]))
+
+
+def cli_score(run, source, out, *extra):
+    argv = ["score", str(source), "--run", str(run), "--model", MODEL]
+    argv += ["--variant", "keras-predict", "--out", str(out), *extra]
+    return CliRunner().invoke(main, argv)
+
+
+def read_parts(directory, count):
+    frames = [pd.read_parquet(directory / part_name(i, count)) for i in range(count)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_rejects(directory, count):
+    frames = [pd.read_parquet(directory / rejects_name(i, count)) for i in range(count)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def check_predictions(frame, reference, rows):
+    assert np.array_equal(frame["row_id"], rows)
+    assert np.array_equal(frame["pred"], reference[rows].argmax(axis=1))
+    assert list(frame["pred_name"]) == [CLASS_NAMES[p] for p in frame["pred"]]
+    np.testing.assert_allclose(frame["confidence"], reference[rows].max(axis=1), atol=1e-5)
+
+
+def verify_line(out, *extra):
+    result = CliRunner().invoke(main, ["verify", str(out), *extra])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+# --------------------------------------------------------------------------- CSV shapes
+
+
+def test_cli_scores_a_quote_all_csv(tmp_path, trained_run, sample_csv, reference):
+    source = tmp_path / "quoted.csv"
+    with open(sample_csv, newline="") as plain, open(source, "w", newline="") as quoted:
+        csvlib.writer(quoted, quoting=csvlib.QUOTE_ALL).writerows(csvlib.reader(plain))
+    assert source.read_text().startswith('"label","pixel1"')
+    out = tmp_path / "out"
+    result = cli_score(trained_run, source, out, "--shard", "all/2")
+    assert result.exit_code == 0, result.output
+    check_predictions(read_parts(out, 2), reference, np.arange(ROWS))
+    assert f"{ROWS} input rows = {ROWS} predicted + 0 rejected" in verify_line(out)
+
+
+def test_cli_scores_a_pandas_csv_with_whole_floats(tmp_path, trained_run, sample_csv, reference):
+    frame = pd.read_csv(sample_csv)
+    frame.loc[40, "pixel300"] = np.nan  # the column turns float: 0.0, 12.0, and one empty
+    source = tmp_path / "floats.csv"
+    frame.to_csv(source, index=False)
+    out = tmp_path / "out"
+    result = cli_score(trained_run, source, out)
+    assert result.exit_code == 0, result.output
+    rejects = read_rejects(out, 1)
+    assert list(zip(rejects["row_id"], rejects["kind"], strict=True)) == [(40, "empty_value")]
+    check_predictions(read_parts(out, 1), reference, np.delete(np.arange(ROWS), 40))
+    assert "1 rejected (0.33 %); --max-rejects 1% per shard" in verify_line(out)
+
+
+def test_cli_refuses_normalized_pixels_before_any_work(tmp_path, trained_run, sample_csv):
+    frame = pd.read_csv(sample_csv)
+    frame = pd.concat([frame[["label"]], frame.iloc[:, 1:] / 255], axis=1)
+    source = tmp_path / "normalized.csv"
+    frame.to_csv(source, index=False)
+    out = tmp_path / "out"
+    result = cli_score(trained_run, source, out)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {source}: pixels are normalized")
+    assert "expected integers 0-255" in errors[0]
+    assert not out.exists()
+
+
+def test_cli_max_rejects_fails_past_the_default_and_passes_when_raised(
+    tmp_path, trained_run, sample_csv
+):
+    lines = sample_csv.read_text().splitlines()
+    for row in (10, 20, 30, 40):  # 4 of 300 rows: 1.3 %, past the default 1 %
+        lines[1 + row] = lines[1 + row].rsplit(",", 1)[0] + ",12.5"
+    source = tmp_path / "bad.csv"
+    source.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    result = cli_score(trained_run, source, out)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert errors[0].startswith("error: 1 of 1 shard(s) past --max-rejects 1%: shard 0/1: ")
+    assert "4 of its 300 rows rejected" in errors[0] and "fractional 4" in errors[0]
+    assert f"first: {source}:12: pixel784 is 12.5, fractional" in errors[0]
+    assert not list(out.glob("*.parquet")) and not list(out.glob("*.json"))
+    result = cli_score(trained_run, source, out, "--max-rejects", "4")
+    assert result.exit_code == 0, result.output
+    marker = json.loads((out / marker_name(0, 1)).read_text())
+    assert (marker["max_rejects"], marker["reject_limit"], marker["rejected"]) == ("4", 4, 4)
+    assert "--max-rejects 4 per shard, largest share in shard 0: 4 of 300 rows (limit 4)" in (
+        verify_line(out)
+    )
+    bad = cli_score(trained_run, source, out, "--max-rejects", "4.5")
+    assert bad.exit_code == 1 and "expected a number of rows N >= 0" in bad.output
+
+
+# --------------------------------------------------------------------------- Parquet
+
+SHAPES = {
+    # name: (layout, dtype, label)
+    "columns-uint8": ("columns", "uint8", True),
+    "columns-int64-nolabel": ("columns", "int64", False),
+    "columns-float64": ("columns", "float64", True),
+    "fixed-list": ("fixed-list", "uint8", True),
+    "list-nolabel": ("list", "int16", False),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_parquet_shards_by_row_groups_then_verify_and_merge(
+    tmp_path, trained_run, images_parquet, reference, dataset, shape
+):
+    layout, dtype, label = SHAPES[shape]
+    source = images_parquet(tmp_path / f"{shape}.parquet", ROWS, layout, dtype, label)
+    out = tmp_path / "out"
+    config = ScoreConfig(source, trained_run, MODEL, "keras-predict", out, shards=3)
+    results = score_shards(config, [0, 1, 2], progress=lambda message: None)
+    # Row groups of 70 rows: 5 groups over 3 shards, 1 + 2 + 2.
+    assert [r.rows_read for r in results] == [70, 140, 90]
+    frame = read_parts(out, 3)
+    check_predictions(frame, reference, np.arange(ROWS))
+    assert ("label" in frame.columns) == label
+    if label:
+        assert np.array_equal(frame["label"], dataset.test.labels[:ROWS])
+    marker = json.loads((out / marker_name(2, 3)).read_text())
+    assert marker["input_format"] == "parquet" and marker["sharding"] == "row-groups"
+    assert (marker["row_group_start"], marker["row_group_end"], marker["first_row_id"]) == (
+        3,
+        5,
+        210,
+    )
+    result = verify_predictions(out)
+    assert (result.rows, result.predicted, result.rejected) == (ROWS, ROWS, 0)
+    merged = tmp_path / "merged.parquet"
+    assert merge_parts(result, merged) == ROWS
+    assert pd.read_parquet(merged).equals(frame)
+
+
+def _bad_values(pixels, labels):
+    pixels[5, 20] = 256
+    pixels[100, 0] = np.nan
+    labels[200] = 12
+
+
+def test_parquet_rejects_then_verify_through_the_cli(
+    tmp_path, trained_run, images_parquet, reference
+):
+    source = images_parquet(
+        tmp_path / "images.parquet", ROWS, "columns", "float32", edit=_bad_values
+    )
+    out = tmp_path / "out"
+    result = cli_score(trained_run, source, out, "--shard", "all/2", "--max-rejects", "2%")
+    assert result.exit_code == 0, result.output
+    rejects = read_rejects(out, 2)
+    assert list(zip(rejects["row_id"], rejects["kind"], strict=True)) == [
+        (5, "over_255"),
+        (100, "null"),
+        (200, "label_out_of_range"),
+    ]
+    assert rejects["line"].isna().all()
+    check_predictions(read_parts(out, 2), reference, np.delete(np.arange(ROWS), [5, 100, 200]))
+    assert f"{ROWS} input rows = {ROWS - 3} predicted + 3 rejected" in verify_line(out)
+    failed = cli_score(trained_run, source, tmp_path / "fail", "--on-bad-row", "fail")
+    assert failed.exit_code == 1
+    assert f"error: {source}: row 5: pixel21 is 256.0, above 255 (--on-bad-row fail)" in (
+        failed.output
+    )
+
+
+def test_cli_parquet_default_output_and_a_moved_or_changed_input(
+    tmp_path, trained_run, images_parquet
+):
+    run = tmp_path / "run"
+    run.mkdir()
+    for item in trained_run.iterdir():
+        (run / item.name).symlink_to(item)
+    source = images_parquet(tmp_path / "images.parquet", ROWS, "list", "uint8")
+    result = CliRunner().invoke(
+        main, ["score", str(source), "--run", str(run), "--model", MODEL, "--variant",
+               "keras-predict"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = run / "predictions" / "images" / MODEL
+    assert (out / marker_name(0, 1)).is_file()
+    verify_line(out)
+    moved = tmp_path / "moved.parquet"
+    source.rename(moved)
+    assert "not found" in CliRunner().invoke(main, ["verify", str(out)]).output
+    verify_line(out, "--input", str(moved))
+    table = pq.read_table(moved)
+    pq.write_table(table.slice(0, ROWS - 1), moved)
+    with pytest.raises(FmnistError, match="input changed since it was scored"):
+        verify_predictions(out, moved)
+
+
+def test_verify_names_a_missing_parquet_row_by_its_row_group(tmp_path, trained_run, images_parquet):
+    source = images_parquet(tmp_path / "images.parquet", ROWS, "fixed-list", "uint8")
+    out = tmp_path / "out"
+    config = ScoreConfig(source, trained_run, MODEL, "keras-predict", out, shards=2)
+    score_shards(config, [0, 1], progress=lambda message: None)
+    part = out / part_name(1, 2)
+    table = pq.read_table(part)
+    pq.write_table(table.filter(pa.compute.not_equal(table["row_id"], 250)), part)
+    with pytest.raises(FmnistError, match=r"row 250 \(row group 3 of the input\) is neither"):
+        verify_predictions(out)
