@@ -585,7 +585,7 @@ def status_command(run, as_json):
     """
     from dataclasses import asdict
 
-    from fmnist.pipeline.submit import format_statuses, run_status, status_summary
+    from fmnist.pipeline.status import format_statuses, run_status, status_summary
 
     statuses = run_status(run)
     if as_json:

@@ -21,6 +21,14 @@ from click.testing import CliRunner
 from fmnist.cli import main
 from fmnist.io import FmnistError, current_umask
 from fmnist.nodetypes import FLAVORS, load_node_types, parse_node_type_list
+from fmnist.pipeline.nodes import (
+    Node,
+    node_offers,
+    parse_pbsnodes_json,
+    parse_pbsnodes_text,
+    parse_sinfo_nodes,
+    request_needs,
+)
 from fmnist.pipeline.scheduler import (
     BLOCKED,
     CANCELLED,
@@ -34,22 +42,16 @@ from fmnist.pipeline.scheduler import (
     WAITING,
     Dependency,
     JobState,
-    Node,
     Submission,
-    node_offers,
     parse_job_id,
-    parse_pbsnodes_json,
-    parse_pbsnodes_text,
     parse_qstat_full,
     parse_sacct,
     parse_scontrol_jobs,
-    parse_sinfo_nodes,
-    request_needs,
     submit_command,
 )
 from fmnist.pipeline.spec import expand, load_pipeline
+from fmnist.pipeline.status import status_summary, task_statuses
 from fmnist.pipeline.step import select_tasks
-from fmnist.pipeline.submit import status_summary, task_statuses
 from fmnist.scoring.shards import marker_name
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -285,6 +287,10 @@ Job Id: 12.trqhost
 Job Id: 13.trqhost
     job_state = H
     Hold_Types = u
+Job Id: 16.trqhost
+    job_state = H
+    depend = afterok:11.trqhost
+    Hold_Types = us
 Job Id: 14.trqhost
     job_state = H
     depend = afterok:11.trqhost,afterokarray:10[].trqhost
@@ -349,6 +355,7 @@ def test_torque_deleted_dependents_are_cancelled_not_done():
     )
     assert states["12.trqhost"].state == WAITING  # the scheduler's hold, for afterokarray
     assert states["13.trqhost"].state == HELD  # a user's hold
+    assert states["16.trqhost"].state == HELD  # a user's hold on a waiting job: held
     # Torque 6.1 sometimes deletes a dependent in name only: held for good, never to run.
     assert states["14.trqhost"].state == states["15.trqhost"].state == BLOCKED
 

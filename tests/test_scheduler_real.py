@@ -32,18 +32,10 @@ from conftest import Cluster, missing
 
 from fmnist.io import read_manifest
 from fmnist.nodetypes import load_node_types
-from fmnist.pipeline.scheduler import (
-    ACTIVE,
-    COMPLETED,
-    STUCK,
-    JobState,
-    cancel_jobs,
-    list_nodes,
-    node_offers,
-    query_states,
-    request_needs,
-)
-from fmnist.pipeline.submit import read_record, run_status
+from fmnist.pipeline.nodes import list_nodes, node_offers, request_needs
+from fmnist.pipeline.scheduler import ACTIVE, COMPLETED, STUCK, JobState, cancel_jobs, query_states
+from fmnist.pipeline.status import run_status
+from fmnist.pipeline.submit import read_record
 
 PROJECT = Path(__file__).resolve().parent.parent
 FMNIST = [sys.executable, "-m", "fmnist"]
@@ -475,35 +467,49 @@ def test_a_node_type_no_node_offers(cluster, tmp_path, submitted):
 
 @pytest.mark.scheduler
 @pytest.mark.slow
-def test_status_without_job_history_reads_the_outputs(pbspro_cluster, tmp_path, monkeypatch):
-    """With PBS Pro's job history off, finished jobs are forgotten: status says so and
-    judges by the outputs."""
+def test_status_with_job_history_off(pbspro_cluster, tmp_path, monkeypatch):
+    """PBS Pro with job history off (its default) forgets finished jobs and refuses
+    ``qstat -x``: status still sees the running job, and judges the finished one by its
+    outputs, saying so."""
     env = pbspro_cluster.environ()
     monkeypatch.setenv("PATH", env["PATH"])
     spec = tmp_path / "pipeline.toml"
     spec.write_text(
         '[profiles.quick]\nnode_types = ["local"]\n\n'
         '[[steps]]\nname = "evaluate"\ncommand = "jobenv --save {run}/jobenv"\n'
-        'outputs = ["jobenv/evaluate.json"]\n'
+        'outputs = ["jobenv/evaluate.json"]\n\n'
+        '[[steps]]\nname = "report"\nneeds = ["evaluate"]\n'
+        'command = "data to-csv --split test --limit 1 --out {run}/wait.csv"\n'
+        'outputs = ["never-written"]\n'
     )
     run = tmp_path / "run"
     subprocess.run(
         [*FMNIST, "submit", "--scheduler", "pbspro", "--out", str(run)],
         env={**env, "FMNIST_PIPELINE": str(spec)}, check=True, capture_output=True,
     )  # fmt: skip
-    assert wait_for_run(run, timeout=300) == {"evaluate": "done"}
+    record = read_record(run)
+    hold = record["jobs"]["report"]["job_id"]
+    # The report job waits on a user hold until the test lets it go.
+    subprocess.run(["qhold", hold], env=env, check=True, capture_output=True)
 
     def history(value: str) -> None:
         command = ["qmgr", "-c", f"set server job_history_enable = {value}"]
         subprocess.run(command, env=env, check=True, capture_output=True)
 
+    deadline = time.monotonic() + 300
+    while not (run / "jobenv" / "evaluate.json").exists():
+        assert time.monotonic() < deadline, "the evaluate job did not run"
+        time.sleep(1)
+    time.sleep(3)  # its job ends a moment after it wrote its output
     history("False")
     try:
-        [status] = run_status(run)
+        statuses = {s.task_id: s for s in run_status(run)}
     finally:
         history("True")
-    assert status.state == "done"
-    assert "the scheduler no longer knows the job" in status.detail
+        cancel_jobs("pbspro", [hold])
+    assert statuses["evaluate"].state == "done"
+    assert "the scheduler no longer knows the job" in statuses["evaluate"].detail
+    assert statuses["report"].state == "held", statuses["report"]
 
 
 @pytest.mark.scheduler

@@ -15,7 +15,6 @@ state         qstat -f -t                  qstat -x -f -t               scontrol
 parent fails  dependents deleted (C 271)   dependents deleted (F)       cancelled / pending
 never runs    qsub refuses (exit 190)      Q, "Can Never Run" comment   sbatch refuses, or
                                                                         BadConstraints
-nodes         pbsnodes -a (properties)     pbsnodes -a -F json          sinfo (features)
 ============  ===========================  ===========================  =======================
 
 Everything here except :func:`run_command` and the query/cancel edges is a pure function
@@ -24,7 +23,6 @@ of its arguments, so the dialects are unit-tested without a scheduler.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -295,10 +293,10 @@ def parse_qstat_attributes(text: str) -> dict[str, dict[str, str]]:
 
 
 def _waits_for_dependency(attributes: dict[str, str]) -> bool:
-    # A system hold ("s") on a job with an after* dependency: the scheduler releases it
-    # when the jobs it needs end well.
+    # Only a system hold ("s") on a job with an after* dependency: the scheduler releases
+    # it when the jobs it needs end well. A user's or operator's hold ("u", "o") stays.
     hold = attributes.get("hold_types", "n")
-    return "s" in hold and "after" in attributes.get("depend", "")
+    return hold == "s" and "after" in attributes.get("depend", "")
 
 
 def pbs_state(flavor: str, attributes: dict[str, str]) -> JobState:
@@ -416,8 +414,14 @@ def query_states(flavor: str, job_ids: list[str]) -> dict[str, JobState]:
     command = ["qstat", "-x", "-f"] if flavor == "pbspro" else ["qstat", "-f"]
 
     def ask(ids: list[str]) -> tuple[dict[str, JobState], bool]:
+        nonlocal command
         flags = ["-t"] if any("[]" in job_id for job_id in ids) else []
         result = run_command([*command, *flags, *ids], False)
+        if "-x" in command and "not configured to maintain job history" in result.stderr:
+            # PBS Pro with job history off refuses -x altogether: ask without it, for the
+            # jobs still queued or running; finished ones are forgotten.
+            command = ["qstat", "-f"]
+            result = run_command([*command, *flags, *ids], False)
         states = parse_qstat_full(result.stdout, flavor)
         # The wrapper's and some servers' qstat print the id without the server suffix.
         by_number = {job_id.split(".")[0]: state for job_id, state in states.items()}
@@ -464,120 +468,3 @@ def detect_flavor() -> str:
     if shutil.which("qsub"):
         return "torque"
     raise FmnistError("no scheduler found (neither sbatch nor qsub on PATH); use `run` instead")
-
-
-# --------------------------------------------------------------------------- nodes
-
-
-@dataclass(frozen=True)
-class Node:
-    """A node as its scheduler describes it: the CPUs and the labels a request can name."""
-
-    name: str
-    cpus: int
-    labels: dict[str, frozenset[str]]  # resource or "feature" -> values
-
-
-def parse_pbsnodes_json(text: str) -> list[Node]:
-    """PBS Pro's ``pbsnodes -a -F json``: each node's ``resources_available``."""
-    nodes = []
-    for name, body in json.loads(text).get("nodes", {}).items():
-        available = body.get("resources_available", {})
-        labels = {
-            key: frozenset(v.strip() for v in str(value).split(","))
-            for key, value in available.items()
-        }
-        nodes.append(Node(name, int(available.get("ncpus", 0) or 0), labels))
-    return nodes
-
-
-def parse_pbsnodes_text(text: str) -> list[Node]:
-    """Torque's ``pbsnodes -a``: each node's ``np`` and ``properties``."""
-    nodes = []
-    for block in re.split(r"\n\s*\n", text.strip()):
-        lines = block.splitlines()
-        if not lines or lines[0].startswith(" "):
-            continue
-        attributes = dict(re.findall(r"^\s+(\w+) = (.*)$", block, re.MULTILINE))
-        properties = frozenset(p for p in attributes.get("properties", "").split(",") if p)
-        np = attributes.get("np", "0")
-        nodes.append(
-            Node(lines[0].strip(), int(np) if np.isdigit() else 0, {"feature": properties})
-        )
-    return nodes
-
-
-def parse_sinfo_nodes(text: str) -> list[Node]:
-    """``sinfo -h -N -o %N|%c|%f``: each node's CPUs and features."""
-    nodes = []
-    for line in text.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 3:
-            name, cpus, features = parts
-            labels = {"feature": frozenset(f for f in features.split(",") if f and f != "(null)")}
-            nodes.append(Node(name, int(cpus) if cpus.isdigit() else 0, labels))
-    return nodes
-
-
-# Resources of a PBS Pro chunk that every node has: only custom ones name a node type.
-_PBS_GENERIC = {"ncpus", "mem", "vmem", "mpiprocs", "ompthreads", "ngpus", "nodect"}
-
-
-def request_needs(flavor: str, request: tuple[str, ...]) -> tuple[int, dict[str, str]]:
-    """The CPUs and labels a node-type request asks of one node (pure).
-
-    ``-l select=1:ncpus=2:cpu_type=icx`` -> (2, {"cpu_type": "icx"});
-    ``-l nodes=1:icx:ppn=2`` and ``--constraint=icx`` -> ({"feature": "icx"}).
-    """
-    cpus, labels = 0, {}
-    words = list(request)
-    for i, word in enumerate(words):
-        value = words[i + 1] if word == "-l" and i + 1 < len(words) else word
-        if flavor == "pbspro" and value.startswith("select="):
-            for part in value.removeprefix("select=").split("+")[0].split(":")[1:]:
-                key, _, amount = part.partition("=")
-                if key == "ncpus" and amount.isdigit():
-                    cpus = int(amount)
-                elif key not in _PBS_GENERIC:
-                    labels[key] = amount
-        elif flavor == "torque" and value.startswith("nodes="):
-            for part in value.removeprefix("nodes=").split("+")[0].split(":")[1:]:
-                key, _, amount = part.partition("=")
-                if key == "ppn" and amount.isdigit():
-                    cpus = int(amount)
-                elif not amount and not key.isdigit():
-                    labels.setdefault("feature", set()).add(key)
-        elif flavor == "slurm" and value.startswith("--constraint="):
-            for feature in re.findall(r"[A-Za-z0-9_-]+", value.removeprefix("--constraint=")):
-                labels.setdefault("feature", set()).add(feature)
-    return cpus, labels
-
-
-def node_offers(node: Node, cpus: int, labels: dict) -> bool:
-    """True when ``node`` has the CPUs and every label a request asks for."""
-    if cpus and node.cpus and cpus > node.cpus:
-        return False
-    for key, wanted in labels.items():
-        wanted = {wanted} if isinstance(wanted, str) else set(wanted)
-        if not wanted <= node.labels.get(key, frozenset()):
-            return False
-    return True
-
-
-def list_nodes(flavor: str) -> list[Node] | None:
-    """The cluster's nodes, or None when the scheduler does not say."""
-    commands = {
-        "pbspro": (["pbsnodes", "-a", "-F", "json"], parse_pbsnodes_json),
-        "torque": (["pbsnodes", "-a"], parse_pbsnodes_text),
-        "slurm": (["sinfo", "-h", "-N", "-o", "%N|%c|%f"], parse_sinfo_nodes),
-    }
-    command, parse = commands[flavor]
-    if not shutil.which(command[0]):
-        return None
-    result = run_command(command, check=False)
-    if result.returncode != 0:
-        return None
-    try:
-        return parse(result.stdout) or None
-    except (ValueError, KeyError):
-        return None  # an answer this parser does not understand: cannot tell
