@@ -524,7 +524,8 @@ def step_command(task, run, profile, force):
     "--scheduler",
     type=click.Choice(["torque", "pbspro", "slurm"]),
     default=None,
-    help="Scheduler flavor (default: slurm if sbatch is on PATH, else torque or pbspro).",
+    help="Scheduler flavor (default: the qstat first on PATH, PBS Pro or Torque; else slurm "
+    "if sbatch is on PATH).",
 )
 @click.option("--profile", default=None, help="A profile of jobs/pipeline.toml [default: quick].")
 @click.option(
@@ -572,7 +573,11 @@ def submit_command(scheduler, profile, node_types, out, dry_run, resume):
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status_command(run, as_json):
-    """Each submitted task's job, its scheduler state and its outputs on disk.
+    """Each submitted task's job, its scheduler state, its outputs on disk, and why.
+
+    A task is done when its outputs are; a failed task names its log, a task that never
+    ran names the failed task it waited for, and a job no node can run shows the
+    scheduler's reason.
 
     \b
     Example:
@@ -580,15 +585,14 @@ def status_command(run, as_json):
     """
     from dataclasses import asdict
 
-    from fmnist.pipeline.submit import format_statuses, run_status
+    from fmnist.pipeline.submit import format_statuses, run_status, status_summary
 
     statuses = run_status(run)
     if as_json:
         click.echo(json.dumps([asdict(s) for s in statuses], indent=2))
         return
     click.echo(format_statuses(statuses))
-    done = sum(s.state == "done" for s in statuses)
-    click.echo(f"{done}/{len(statuses)} tasks done")
+    click.echo(status_summary(statuses))
 
 
 @main.command("jobenv")

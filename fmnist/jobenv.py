@@ -22,11 +22,11 @@ import re
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fmnist.io import FmnistError, update_manifest, write_json_atomic
+from fmnist.io import FmnistError, read_manifest, update_manifest, write_json_atomic
 from fmnist.system import git_revision, machine_info
 
 DEFAULT_NODE_TYPE = "local"
@@ -178,19 +178,32 @@ def require_array_index(env: Mapping[str, str]) -> int:
     return index
 
 
-def record_job(run: Path | str, command: str) -> None:
+def _manifest_key(job: JobEnvironment) -> str:
+    return job.safe_job_id + (f".{job.array_index}" if job.array_index is not None else "")
+
+
+def job_recorded(run: Path | str) -> bool:
+    """True when this process's job already has its entry in the run's manifest."""
+    return _manifest_key(current()) in read_manifest(run).get("jobs", {})
+
+
+def record_job(run: Path | str, command: str, task_id: str | None = None) -> None:
     """Record in the run's manifest which job ran ``command`` there, where and when.
 
     Every job that writes into a run calls this once at its end (train, optimize,
-    evaluate, benchmark, score, verify, report): ``manifest["jobs"]`` then says which
+    evaluate, benchmark, score, verify, report; ``fmnist-batch step`` for a command that
+    does not, such as ``data to-csv``): ``manifest["jobs"]`` then says which
     scheduler job (or local task) produced what, on which node type and host, and
     ``manifest["machine"]`` describes each host with its libraries and code revision.
+    ``task_id`` names the pipeline task where the environment does not.
     """
     job = current()
+    if task_id and not job.task_id:
+        job = replace(job, task_id=task_id)
     info = machine_info().to_dict()
     info["git_revision"] = git_revision()
     update_manifest(run, "machine", info["host"], info)
-    key = job.safe_job_id + (f".{job.array_index}" if job.array_index is not None else "")
+    key = _manifest_key(job)
     record = {
         **job.to_dict(),
         "command": command,

@@ -30,7 +30,6 @@ from fmnist.report.seed_reference import SEED_RESULTS
 
 MODELS = ("main", "backup1", "backup2")
 BENCH = ["--iterations", "30", "--warmup", "3", "--max-seconds", "0.5", "--min-iterations", "5"]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 def invoke(*args):
@@ -512,10 +511,12 @@ class _References(HTMLParser):
         self.urls += [value or "" for name, value in attrs if name in ("src", "href", "srcset")]
 
 
-def chromium(*args, tmp_path: Path, netlog: Path) -> subprocess.CompletedProcess:
+def run_chromium(
+    executable: str, *args, tmp_path: Path, netlog: Path
+) -> subprocess.CompletedProcess:
     """Headless Chromium on a file; every network request it makes is logged to ``netlog``."""
     flags = [
-        CHROMIUM,
+        executable,
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -543,8 +544,7 @@ def page_requests(netlog: Path) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
-def test_html_renders_in_chromium_without_requests(pair_report, tmp_path):
+def test_html_renders_in_chromium_without_requests(chromium, pair_report, tmp_path):
     html = pair_report.html.read_text()
     parser = _References()
     parser.feed(html)
@@ -553,7 +553,8 @@ def test_html_renders_in_chromium_without_requests(pair_report, tmp_path):
 
     shot, netlog = tmp_path / "shot.png", tmp_path / "netlog.json"
     url = pair_report.html.resolve().as_uri()
-    dom = chromium(
+    dom = run_chromium(
+        chromium,
         "--screenshot=" + str(shot),
         "--window-size=1400,3000",
         "--dump-dom",
@@ -575,5 +576,5 @@ def test_html_renders_in_chromium_without_requests(pair_report, tmp_path):
     # The check above can fail: a page with one external image is caught.
     probe = tmp_path / "probe.html"
     probe.write_text('<p>x</p><img src="http://192.0.2.1/probe.png">')
-    chromium("--dump-dom", probe.as_uri(), tmp_path=tmp_path, netlog=netlog)
+    run_chromium(chromium, "--dump-dom", probe.as_uri(), tmp_path=tmp_path, netlog=netlog)
     assert page_requests(netlog) == {"http://192.0.2.1/probe.png"}

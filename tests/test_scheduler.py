@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from fmnist.cli import main
-from fmnist.io import FmnistError
+from fmnist.io import FmnistError, current_umask
 from fmnist.nodetypes import FLAVORS, load_node_types, parse_node_type_list
 from fmnist.pipeline.scheduler import (
     BLOCKED,
@@ -27,20 +27,30 @@ from fmnist.pipeline.scheduler import (
     COMPLETED,
     FAILED,
     FINISHED,
+    HELD,
     QUEUED,
     RUNNING,
+    UNRUNNABLE,
+    WAITING,
     Dependency,
     JobState,
+    Node,
     Submission,
+    node_offers,
     parse_job_id,
+    parse_pbsnodes_json,
+    parse_pbsnodes_text,
     parse_qstat_full,
     parse_sacct,
     parse_scontrol_jobs,
+    parse_sinfo_nodes,
+    request_needs,
     submit_command,
 )
-from fmnist.pipeline.spec import load_pipeline
+from fmnist.pipeline.spec import expand, load_pipeline
 from fmnist.pipeline.step import select_tasks
-from fmnist.pipeline.submit import task_statuses
+from fmnist.pipeline.submit import status_summary, task_statuses
+from fmnist.scoring.shards import marker_name
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -110,6 +120,12 @@ def dry_run(args: list[str]) -> list[str]:
     result = CliRunner().invoke(main, ["submit", "--dry-run", *args])
     assert result.exit_code == 0, result.output
     return result.output.splitlines()
+
+
+def depend_of(argv: list[str]) -> str:
+    """The ``depend=...`` value of a qsub command line."""
+    [depend] = [word for word in argv if word.startswith("depend=")]
+    return depend
 
 
 def submissions(lines: list[str]) -> dict[str, list[str]]:
@@ -237,6 +253,132 @@ Job Id: 17
     }
 
 
+# `qstat -f -t` of Torque 6.1 after 9 failed: its afterok dependents were deleted, the
+# array's elements too (long values wrap onto tab-indented lines).
+TORQUE_AFTER_FAILURE = """Job Id: 9.trqhost
+    job_state = C
+    depend = beforeok:10[].trqhost:10[0].trqhost:10[1].trqhost
+    Hold_Types = n
+    comment = Job started on Fri Nov 27 at 17:09
+    exit_status = 3
+Job Id: 10[0].trqhost
+    job_state = C
+    depend = afterok:9.trqhost
+    Hold_Types = s
+    comment = Job deleted as result of dependency on job 9.trqhost
+    exit_status = 271
+Job Id: 10[1].trqhost
+    job_state = C
+    Hold_Types = s
+    comment = Job deleted as result of dependency on job 9.trqhost
+    exit_status = 271
+Job Id: 11.trqhost
+    job_state = C
+    Hold_Types = s
+    comment = Job 11.trqhost deleted because its dependency of array 10[].trqh
+\tost can never be satisfied
+    exit_status = 271
+Job Id: 12.trqhost
+    job_state = H
+    depend = afterokarray:10[].trqhost
+    Hold_Types = s
+Job Id: 13.trqhost
+    job_state = H
+    Hold_Types = u
+Job Id: 14.trqhost
+    job_state = H
+    depend = afterok:11.trqhost,afterokarray:10[].trqhost
+    Hold_Types = s
+    comment = Job deleted as result of dependency on job 11.trqhost
+Job Id: 15.trqhost
+    job_state = H
+    depend = afterok:11.trqhost,afterokarray:10[].trqhost
+    Hold_Types = s
+    comment = Job 15.trqhost deleted because its dependency of array 10[].trqh
+\tost can never be satisfied
+"""
+
+# `qstat -x -f -t` of OpenPBS 23.06 after 12 failed: PBS Pro deletes its afterok
+# dependents, which end F without an Exit_status; 16's elements failed; 18 can never run.
+PBSPRO_AFTER_FAILURE = """Job Id: 12.pbshost
+    job_state = F
+    comment = Job run at Fri Nov 27 at 17:09 on (pbshost:ncpus=1) and failed
+    Exit_status = 3
+Job Id: 13[].pbshost
+    job_state = F
+    depend = afterok:12.pbshost@pbshost,beforeok:14.pbshost@pbshost
+    Hold_Types = s
+    array = True
+Job Id: 13[0].pbshost
+    job_state = F
+    comment = Subjob finished
+Job Id: 14.pbshost
+    job_state = F
+    depend = afterok:13[].pbshost@pbshost
+    Hold_Types = s
+Job Id: 16[].pbshost
+    job_state = F
+    comment = Job Array Began at Fri Nov 27 at 17:09 and failed
+    Exit_status = 1
+Job Id: 16[0].pbshost
+    job_state = F
+    Exit_status = 0
+Job Id: 16[1].pbshost
+    job_state = F
+    Exit_status = 2
+Job Id: 17.pbshost
+    job_state = H
+    depend = afterok:16[].pbshost@pbshost
+    Hold_Types = s
+Job Id: 18.pbshost
+    job_state = Q
+    comment = Can Never Run: Insufficient amount of resource: cpu_type (spr != local
+\t,icx)
+"""
+
+
+def test_torque_deleted_dependents_are_cancelled_not_done():
+    states = parse_qstat_full(TORQUE_AFTER_FAILURE, "torque")
+    assert states["9.trqhost"].state == FAILED
+    assert states["10[].trqhost"].state == CANCELLED  # the elements, folded
+    assert states["10[].trqhost"].elements == {"0": CANCELLED, "1": CANCELLED}
+    assert states["11.trqhost"] == JobState(
+        CANCELLED,
+        "C exit 271: Job 11.trqhost deleted because its dependency of array 10[].trqhost "
+        "can never be satisfied",
+    )
+    assert states["12.trqhost"].state == WAITING  # the scheduler's hold, for afterokarray
+    assert states["13.trqhost"].state == HELD  # a user's hold
+    # Torque 6.1 sometimes deletes a dependent in name only: held for good, never to run.
+    assert states["14.trqhost"].state == states["15.trqhost"].state == BLOCKED
+
+
+def test_pbspro_deleted_dependents_and_jobs_that_can_never_run():
+    states = parse_qstat_full(PBSPRO_AFTER_FAILURE, "pbspro")
+    assert states["12.pbshost"].state == FAILED
+    assert states["13[].pbshost"].state == CANCELLED
+    assert states["14.pbshost"] == JobState(CANCELLED, "F: deleted before it ran")
+    assert states["16[].pbshost"].state == FAILED
+    assert states["16[].pbshost"].elements == {"0": COMPLETED, "1": FAILED}
+    assert states["17.pbshost"] == JobState(WAITING, "H (waits for afterok:16[].pbshost@pbshost)")
+    assert states["18.pbshost"] == JobState(
+        UNRUNNABLE,
+        "Q: Can Never Run: Insufficient amount of resource: cpu_type (spr != local,icx)",
+    )
+    # The same text from another flavor's qstat: no exit status means only "ended".
+    assert parse_qstat_full(PBSPRO_AFTER_FAILURE, "torque")["14.pbshost"].state == FINISHED
+
+
+def test_pbs_array_waiting_for_its_dependency():
+    text = (
+        "Job Id: 20[].pbshost\n    job_state = H\n    Hold_Types = s\n"
+        "    depend = afterok:19.pbshost@pbshost\n"
+        "Job Id: 20[0].pbshost\n    job_state = Q\n"
+        "Job Id: 20[1].pbshost\n    job_state = Q\n"
+    )
+    assert parse_qstat_full(text, "pbspro")["20[].pbshost"].state == WAITING
+
+
 def test_parse_scontrol_folds_array_elements():
     text = "\n".join(
         [
@@ -253,8 +395,23 @@ def test_parse_scontrol_folds_array_elements():
     assert states["10"].state == FAILED
     assert states["10"].elements == {"0": COMPLETED, "1": FAILED}
     assert states["12"] == JobState(CANCELLED, "CANCELLED (DependencyNeverSatisfied)")
-    assert states["13"].state == QUEUED
+    assert states["13"].state == WAITING  # behind its dependency
     assert states["14"].state == BLOCKED  # waits for a failed job: will never start
+
+
+@pytest.mark.parametrize(
+    "reason, state",
+    [
+        ("Resources", QUEUED),
+        ("Priority", QUEUED),
+        ("BadConstraints", UNRUNNABLE),
+        ("ReqNodeNotAvail,_UnavailableNodes:vm", UNRUNNABLE),
+        ("PartitionConfig", UNRUNNABLE),
+    ],
+)
+def test_slurm_pending_reasons(reason, state):
+    states = parse_scontrol_jobs(f"JobId=5 JobName=x JobState=PENDING Reason={reason}")
+    assert states["5"] == JobState(state, f"PENDING ({reason})")
 
 
 def test_parse_sacct():
@@ -357,14 +514,16 @@ def test_torque_dry_run_follows_torque_syntax(spec, tmp_path):
         variables = dict(v.split("=", 1) for v in opts["-v"][0].split(","))
         assert variables["FMNIST_RUN"] == str(tmp_path)
         assert variables["FMNIST_NODE_TYPE"] == node_type
-        for clause in opts.get("-W", [""])[0].removeprefix("depend=").split(","):
+        assert opts["-W"][0] == f"umask={current_umask():03o}"  # the submitter's
+        depend = [w for w in opts["-W"][1:] if w.startswith("depend=")]
+        for clause in (depend or [""])[0].removeprefix("depend=").split(","):
             if clause:
                 assert re.fullmatch(r"afterok(array)?(:\$\{JOB_\w+\})+", clause)
     assert jobs["JOB_evaluate_main"][-3:-1] == ["-W", "depend=afterok:${JOB_train_main}"]
     score = jobs["JOB_score"]
     assert score[score.index("-t") + 1] == "0-2"
     assert score[-1].endswith("pbs/score_array.sh")
-    report_depend = jobs["JOB_report"][jobs["JOB_report"].index("-W") + 1]
+    report_depend = depend_of(jobs["JOB_report"])
     assert report_depend.endswith(",afterokarray:${JOB_score}")  # Torque's array dependency
     assert report_depend.count("${JOB_benchmark_") == 4
     assert subprocess.run(["bash", "-n"], input="\n".join(lines), text=True).returncode == 0
@@ -382,7 +541,7 @@ def test_pbspro_dry_run_follows_pbspro_syntax(spec, tmp_path):
     score = jobs["JOB_score"]
     assert score[score.index("-J") + 1] == "0-2"
     assert score[score.index("-o") + 1].endswith("logs/score.^array_index^.log")
-    report_depend = jobs["JOB_report"][jobs["JOB_report"].index("-W") + 1]
+    report_depend = depend_of(jobs["JOB_report"])
     assert re.fullmatch(r"depend=afterok(:\$\{JOB_\w+\})+", report_depend)
     assert "${JOB_score}" in report_depend and "afterokarray" not in report_depend
 
@@ -430,37 +589,187 @@ def test_resume_needs_a_submission(spec, tmp_path):
     assert result.exit_code == 1 and "nothing submitted yet" in result.output
 
 
-def test_missing_job_script_is_named(spec, tmp_path):
+def test_missing_job_script_is_named(spec, tmp_path, monkeypatch):
     spec.write_text(SPEC.replace('script = "pbs/score_array.sh", ', 'script = "pbs/nope.sh", '))
+    # On a machine without any scheduler the script is still what the error names.
+    monkeypatch.setenv("PATH", str(tmp_path / "no-scheduler-here"))
     result = CliRunner().invoke(main, ["submit", "--dry-run", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "pbs/nope.sh not found" in result.output
+
+
+def test_no_scheduler_is_named_once_the_dag_is_fine(spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-scheduler-here"))
+    result = CliRunner().invoke(main, ["submit", "--dry-run", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "no scheduler found" in result.output
 
 
 def test_status_combines_scheduler_and_disk(tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "m.keras").write_text("x")
     record = {
-        "order": ["train", "evaluate", "score", "report"],
+        "order": ["train", "evaluate", "score", "probe", "report"],
         "jobs": {
             "report": {"job_id": "3", "outputs": ["report/report.html"]},
             "train": {"job_id": "1", "outputs": ["models/m.keras"]},
             "evaluate": {"job_id": "2", "outputs": ["metrics/m.parquet"]},
             "score": {"job_id": "4", "outputs": []},  # no outputs declared: the job decides
+            "probe": {"job_id": "5", "outputs": []},
         },
     }
     states = {
         "1": JobState(FINISHED, "C"),
         "2": JobState(FAILED, "FAILED"),
         "4": JobState(COMPLETED, "COMPLETED"),
+        "5": JobState(FINISHED, "C"),  # ended, exit status unknown: not known to be done
     }
     statuses = task_statuses(tmp_path, states, record)
     assert [(s.task_id, s.state) for s in statuses] == [
         ("train", "done"),
         ("evaluate", FAILED),
         ("score", "done"),
+        ("probe", "incomplete"),
         ("report", "unknown"),
     ]
     assert (statuses[0].outputs_present, statuses[0].outputs_total) == (1, 1)
+
+
+# What PBS Pro left of a quick DAG whose score array failed: the jobs after it were
+# deleted (F, no exit status), and job history is what still knows them.
+FAILED_RUN = {
+    "settings": {"scheduler": "pbspro"},
+    "order": ["train", "score", "score-verify", "report"],
+    "jobs": {
+        "train": {"job_id": "1.s", "needs": [], "outputs": ["m.keras"], "log": "logs/t.log"},
+        "score": {
+            "job_id": "2[].s",
+            "needs": ["train"],
+            "array": 2,
+            "outputs": ["p/part-0.success.json", "p/part-1.success.json"],
+            "log": "logs/score.log",
+        },
+        "score-verify": {"job_id": "3.s", "needs": ["score"], "outputs": ["p.parquet"]},
+        "report": {"job_id": "4.s", "needs": ["train", "score", "score-verify"], "outputs": ["r"]},
+    },
+}
+
+
+def test_status_of_a_failed_run_names_the_failure_and_what_never_ran(tmp_path):
+    (tmp_path / "m.keras").write_text("x")
+    states = parse_qstat_full(
+        "Job Id: 1.s\n    job_state = F\n    Exit_status = 0\n"
+        "Job Id: 2[].s\n    job_state = F\n    Exit_status = 1\n"
+        "Job Id: 2[0].s\n    job_state = F\n    Exit_status = 1\n"
+        "Job Id: 2[1].s\n    job_state = F\n    Exit_status = 1\n"
+        "Job Id: 3.s\n    job_state = F\n    depend = afterok:2[].s@s\n"
+        "Job Id: 4.s\n    job_state = F\n    depend = afterok:1.s@s:2[].s@s:3.s@s\n",
+        "pbspro",
+    )
+    statuses = task_statuses(tmp_path, states, FAILED_RUN)
+    by_id = {s.task_id: s for s in statuses}
+    assert [s.state for s in statuses] == ["done", FAILED, CANCELLED, CANCELLED]
+    assert by_id["score"].note == "see logs/score.^array_index^.log".replace("^array_index^", "<i>")
+    assert by_id["score-verify"].note == "never ran: score failed"
+    assert by_id["report"].note == "never ran: score failed"  # the cause, not the chain
+    assert status_summary(statuses).splitlines() == [
+        "1/4 tasks done",
+        "failed: score (failed)",
+        "never ran: score-verify, report",
+        "fix the cause, then `fmnist-batch submit --out RUN --resume`",
+    ]
+
+
+def test_status_when_the_scheduler_has_forgotten_the_jobs(tmp_path):
+    """Job history off (PBS Pro) or past keep_completed (Torque): the outputs decide."""
+    (tmp_path / "m.keras").write_text("x")
+    statuses = {s.task_id: s for s in task_statuses(tmp_path, {}, FAILED_RUN)}
+    assert statuses["train"].state == "done"
+    assert "no longer knows the job" in statuses["train"].detail
+    assert statuses["score"].state == "unknown"
+    assert "outputs are incomplete" in statuses["score"].detail
+
+
+# --------------------------------------------------------------------------- nodes
+
+PBSNODES_JSON = """{"nodes": {"pbshost": {"state": "free", "resources_available": {
+    "arch": "linux", "cpu_type": "local,icx", "host": "pbshost", "ncpus": 2}}}}"""
+TORQUE_PBSNODES = """trqhost
+     state = free
+     np = 2
+     properties = local,icx
+     ntype = cluster
+
+"""
+
+
+@pytest.mark.parametrize(
+    "flavor, listing, parse",
+    [
+        ("pbspro", PBSNODES_JSON, parse_pbsnodes_json),
+        ("torque", TORQUE_PBSNODES, parse_pbsnodes_text),
+        ("slurm", "vm|2|local,icx\n", parse_sinfo_nodes),
+    ],
+)
+def test_node_types_a_cluster_offers(flavor, listing, parse):
+    [node] = parse(listing)
+    assert node.cpus == 2
+    catalog = load_node_types()
+    offered = [
+        name
+        for name, node_type in catalog.items()
+        if node_offers(node, *request_needs(flavor, node_type.request(flavor)))
+    ]
+    assert offered == ["icx", "local"]
+
+
+def test_request_needs():
+    assert request_needs("pbspro", ("-l", "select=1:ncpus=2:cpu_type=spr:mem=2gb")) == (
+        2,
+        {"cpu_type": "spr"},
+    )
+    assert request_needs("torque", ("-l", "nodes=1:spr:ppn=2")) == (2, {"feature": {"spr"}})
+    assert request_needs("slurm", ("--constraint=spr&avx512",)) == (
+        0,
+        {"feature": {"spr", "avx512"}},
+    )
+    node = Node("n", 2, {"feature": frozenset({"spr"})})
+    assert not node_offers(node, 4, {})  # more CPUs than it has
+
+
+# --------------------------------------------------------------------------- array outputs
+
+
+def test_score_array_outputs_are_its_shard_markers(tmp_path):
+    tasks = {t.id: t for t in expand(load_pipeline(), "quick", tmp_path, {"shards": "3"})}
+    score = tasks["score:main"]
+    shards = tmp_path / "predictions" / "test" / "main"
+    assert score.outputs == tuple(shards / marker_name(i, 3) for i in range(3))
+    assert score.element_outputs[1] == (shards / marker_name(1, 3),)
+    assert not score.complete()
+    shards.mkdir(parents=True)
+    (shards / marker_name(1, 3)).write_text("{}")
+    assert score.complete(1) and not score.complete(0) and not score.complete()
+
+
+def test_element_placeholders_need_an_array_step(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text(
+        '[profiles.quick]\n[[steps]]\nname = "x"\ncommand = "jobenv"\n'
+        'outputs = ["{shard_marker}"]\n'
+    )
+    with pytest.raises(FmnistError, match="no array"):
+        expand(load_pipeline(path), "quick", tmp_path)
+
+
+def test_pbs_jobs_get_the_submitters_umask(spec, tmp_path):
+    old = os.umask(0o002)
+    try:
+        jobs = submissions(dry_run(["--scheduler", "pbspro", "--out", str(tmp_path)]))
+    finally:
+        os.umask(old)
+    for argv in jobs.values():
+        assert "umask=002" in argv and "FMNIST_UMASK=002" in argv[argv.index("-v") + 1]
+    slurm = submissions(dry_run(["--scheduler", "slurm", "--out", str(tmp_path)]))
+    assert not any("umask" in word for argv in slurm.values() for word in argv[:-1])
 
 
 # --------------------------------------------------------------------------- local equivalence

@@ -100,24 +100,28 @@ def run_job_tasks(
     environ: Mapping[str, str],
     force: bool = False,
     progress: Callable[[str], None] = print,
-) -> None:
+) -> list[str]:
     """Run a scheduler job's tasks in turn (``fmnist-batch step``), output inherited.
 
     A task whose outputs are complete is skipped unless ``force``; the first failure
-    stops with an error naming the task and its exit status.
+    stops with an error naming the task and its exit status. Returns the tasks that ran.
     """
     index_in_job = parse_job_environment(environ).array_index
+    ran = []
     for task in tasks:
-        if not force and task.complete():
-            progress(f"[skip]    {task.id} (outputs complete)")
-            continue
         indices = element_indices(task, index_in_job)
         label = task.id + (f"[{indices[0]}]" if indices != [None] and len(indices) == 1 else "")
+        # One element of an array job is done when its own outputs are.
+        if not force and task.complete(indices[0] if len(indices) == 1 else None):
+            progress(f"[skip]    {label} (outputs complete)")
+            continue
         progress(f"[start]   {label}: fmnist-batch {shlex.join(task.args)}")
         outcome = run_task(task, environ, indices)
         if outcome.status != "done":
             raise FmnistError(f"{label} failed with exit status {outcome.returncode}")
         progress(f"[done]    {label}")
+        ran.append(task.id)
+    return ran
 
 
 def _run_logged(task: Task, log_dir: Path, env: dict, progress: Callable[[str], None]):

@@ -10,7 +10,12 @@ environment   -V -v FMNIST_RUN=...         -V -v FMNIST_RUN=...         --export
 array         -t 0-3 (id ``12[].srv``)     -J 0-3 (id ``12[].srv``)     --array=0-3
 after         -W depend=afterok:ID[:ID]    -W depend=afterok:ID[:ID]    --dependency=afterok:ID
 after array   afterokarray:ID              afterok:ID                   afterok:ID
-state         qstat -f                     qstat -x -f                  scontrol show job, sacct
+file mode     -W umask=022                 -W umask=022                 the submitter's umask
+state         qstat -f -t                  qstat -x -f -t               scontrol show job, sacct
+parent fails  dependents deleted (C 271)   dependents deleted (F)       cancelled / pending
+never runs    qsub refuses (exit 190)      Q, "Can Never Run" comment   sbatch refuses, or
+                                                                        BadConstraints
+nodes         pbsnodes -a (properties)     pbsnodes -a -F json          sinfo (features)
 ============  ===========================  ===========================  =======================
 
 Everything here except :func:`run_command` and the query/cancel edges is a pure function
@@ -19,6 +24,7 @@ of its arguments, so the dialects are unit-tested without a scheduler.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -29,16 +35,24 @@ from fmnist.io import FmnistError
 from fmnist.nodetypes import FLAVORS
 
 # Job states, normalised across flavors.
-QUEUED, HELD, RUNNING = "queued", "held", "running"
-COMPLETED, FAILED, CANCELLED, FINISHED, UNKNOWN, BLOCKED = (
+QUEUED, WAITING, HELD, RUNNING = (
+    "queued",
+    "waiting",  # held by the scheduler until the jobs it depends on end well
+    "held",  # held by a user or an administrator
+    "running",
+)
+COMPLETED, FAILED, CANCELLED, FINISHED, UNKNOWN, BLOCKED, UNRUNNABLE = (
     "completed",
     "failed",
-    "cancelled",
+    "cancelled",  # deleted or cancelled; deleted before it ran when a job it needs failed
     "finished",  # ended, exit status not reported (Slurm's qstat wrapper): outputs decide
     "unknown",  # the scheduler no longer knows the job
     "blocked",  # queued behind a job that failed: it will never start
+    "unrunnable",  # queued, but no node can ever satisfy its request
 )
-ACTIVE = (QUEUED, HELD, RUNNING)
+ACTIVE = (QUEUED, WAITING, HELD, RUNNING)
+# Still in the queue, but it will never start: resubmitting replaces these.
+STUCK = (BLOCKED, UNRUNNABLE)
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,7 @@ class Submission:
     log: str  # the job's joined stdout/stderr; for arrays see array_log_path
     array: int | None = None
     after: tuple[Dependency, ...] = ()
+    umask: str | None = None  # the mode mask of the job's files (PBS: -W umask=)
 
 
 @dataclass(frozen=True)
@@ -94,6 +109,7 @@ def array_log_path(flavor: str, log: str) -> str:
 
 
 def _pbs_depend(flavor: str, after: Iterable[Dependency]) -> list[str]:
+    # Torque holds a plain afterok on an array id forever: arrays need afterokarray.
     plain = [d.job_id for d in after if flavor == "pbspro" or not d.array]
     arrays = [d.job_id for d in after if flavor == "torque" and d.array]
     clauses = []
@@ -113,6 +129,9 @@ def submit_command(flavor: str, job: Submission) -> list[str]:
         command += ["-j", "oe", "-o", log, "-V"]
         if exported:
             command += ["-v", exported]
+        if job.umask:
+            # PBS jobs otherwise write their logs (and, on PBS Pro, every file) with 077.
+            command += ["-W", f"umask={job.umask}"]
         if job.array:
             command += ["-t" if flavor == "torque" else "-J", f"0-{job.array - 1}"]
         command += _pbs_depend(flavor, job.after)
@@ -192,10 +211,23 @@ _PBS_STATES = {
 def combine_states(states: Iterable[str]) -> str:
     """One state for an array job from its elements' states."""
     states = list(states)
-    for state in (RUNNING, QUEUED, HELD, BLOCKED, FAILED, CANCELLED, FINISHED, UNKNOWN):
+    order = (RUNNING, QUEUED, WAITING, HELD, UNRUNNABLE, BLOCKED, FAILED, CANCELLED)
+    for state in (*order, FINISHED, UNKNOWN):
         if state in states:
             return state
     return COMPLETED if states else UNKNOWN
+
+
+# Slurm's reasons for a pending job that no node will ever run as it is.
+_SLURM_NEVER = (
+    "BadConstraints",
+    "PartitionConfig",
+    "PartitionNodeLimit",
+    "PartitionTimeLimit",
+    "ReqNodeNotAvail",
+    "InvalidAccount",
+    "InvalidQOS",
+)
 
 
 def parse_scontrol_jobs(text: str) -> dict[str, JobState]:
@@ -211,8 +243,14 @@ def parse_scontrol_jobs(text: str) -> dict[str, JobState]:
         raw, reason = fields["JobState"], fields.get("Reason", "None")
         detail = raw if reason == "None" else f"{raw} ({reason})"
         state = _SLURM_STATES.get(raw, UNKNOWN)
-        if state == QUEUED and reason == "DependencyNeverSatisfied":
-            state = BLOCKED  # clusters without kill_invalid_depend leave these queued
+        word = reason.split(",")[0]  # ReqNodeNotAvail,_UnavailableNodes:vm
+        if state == QUEUED:
+            if word == "DependencyNeverSatisfied":
+                state = BLOCKED  # clusters without kill_invalid_depend leave these queued
+            elif word == "Dependency":
+                state = WAITING
+            elif word in _SLURM_NEVER:
+                state = UNRUNNABLE
         key = fields.get("ArrayJobId") or fields["JobId"]
         index = fields.get("ArrayTaskId") or ""
         elements.setdefault(key, {})[index] = (state, detail)
@@ -232,28 +270,97 @@ def parse_sacct(text: str) -> dict[str, JobState]:
     return {key: _fold(parts) for key, parts in elements.items()}
 
 
-def parse_qstat_full(text: str) -> dict[str, JobState]:
-    """States from Torque's ``qstat -f`` or PBS Pro's ``qstat -x -f``, by job id."""
-    jobs: dict[str, JobState] = {}
+def parse_qstat_attributes(text: str) -> dict[str, dict[str, str]]:
+    """``qstat -f`` blocks as job id -> attributes (names lower-cased).
+
+    Both PBS families wrap long values onto lines that start with a tab and carry no
+    ``name =``; such a line continues the value above it.
+    """
+    jobs: dict[str, dict[str, str]] = {}
     for block in re.split(r"\n(?=Job Id:)", text.strip()):
         match = re.match(r"Job Id:\s*(\S+)", block)
         if not match:
             continue
-        attributes = {
-            key.lower(): value.strip()
-            for key, value in re.findall(r"^\s+([\w.]+)\s*=\s*(.*)$", block, re.MULTILINE)
-        }
-        letter = attributes.get("job_state", "")
-        exit_status = attributes.get("exit_status")
-        if letter in ("C", "F", "X"):
-            if exit_status is None:
-                state = FINISHED
-            else:
-                state = COMPLETED if exit_status.strip() == "0" else FAILED
+        attributes: dict[str, str] = {}
+        last = None
+        for line in block.splitlines()[1:]:
+            pair = re.match(r"^\s+([\w.]+)\s*=\s?(.*)$", line)
+            if pair:
+                last = pair.group(1).lower()
+                attributes[last] = pair.group(2).rstrip()
+            elif last and line.startswith("\t"):
+                attributes[last] += line.strip()
+        jobs[match.group(1)] = attributes
+    return jobs
+
+
+def _waits_for_dependency(attributes: dict[str, str]) -> bool:
+    # A system hold ("s") on a job with an after* dependency: the scheduler releases it
+    # when the jobs it needs end well.
+    hold = attributes.get("hold_types", "n")
+    return "s" in hold and "after" in attributes.get("depend", "")
+
+
+def pbs_state(flavor: str, attributes: dict[str, str]) -> JobState:
+    """One job's state from its ``qstat -f`` attributes (Torque, PBS Pro, Slurm's wrapper)."""
+    letter = attributes.get("job_state", "")
+    exit_status = attributes.get("exit_status")
+    comment = attributes.get("comment", "")
+    detail = letter + (f" exit {exit_status}" if exit_status is not None else "")
+    if "deleted" in comment.lower() and letter in ("C", "F", "X"):
+        # Torque: "Job deleted as result of dependency on job 3.srv", C with exit 271.
+        return JobState(CANCELLED, f"{detail}: {comment}")
+    if "deleted" in comment.lower() and letter in ("H", "Q", "W"):
+        # Torque 6.1 can leave a job it deleted for its dependency in the queue, held for
+        # good ("deleted because its dependency of array 67[].srv can never be satisfied").
+        return JobState(BLOCKED, f"{detail}: {comment}")
+    if letter in ("C", "F", "X"):
+        if exit_status is None:
+            if flavor == "pbspro":
+                # PBS Pro deletes an afterok dependent of a failed job: it ends F with no
+                # exit status, never having run (qdel of a queued job looks the same).
+                return JobState(CANCELLED, f"{detail}: deleted before it ran")
+            return JobState(FINISHED, detail)  # Slurm's qstat wrapper reports none
+        state = COMPLETED if exit_status.strip() == "0" else FAILED
+        return JobState(state, detail)
+    state = _PBS_STATES.get(letter, UNKNOWN)
+    if letter == "H" and _waits_for_dependency(attributes):
+        state = WAITING
+        detail = f"H (waits for {attributes['depend']})"
+    elif letter == "Q" and comment.startswith("Can Never Run"):
+        state = UNRUNNABLE  # PBS Pro keeps a job no node can satisfy queued forever
+    if comment and state in (QUEUED, HELD, UNRUNNABLE):
+        detail = f"{detail}: {comment}"
+    return JobState(state, detail)
+
+
+_ELEMENT = re.compile(r"^(\d+)\[(\d+)\](.*)$")
+
+
+def parse_qstat_full(text: str, flavor: str = "torque") -> dict[str, JobState]:
+    """States from Torque's ``qstat -f -t`` or PBS Pro's ``qstat -x -f -t``, by job id.
+
+    Array elements (``12[3].srv``) are folded into their array's id (``12[].srv``): the
+    array's state comes from its elements when they are listed, else from its own line.
+    """
+    jobs: dict[str, JobState] = {}
+    elements: dict[str, dict[str, tuple[str, str]]] = {}
+    for job_id, attributes in parse_qstat_attributes(text).items():
+        state = pbs_state(flavor, attributes)
+        element = _ELEMENT.match(job_id)
+        if element:
+            parent = f"{element.group(1)}[]{element.group(3)}"
+            elements.setdefault(parent, {})[element.group(2)] = (state.state, state.detail)
         else:
-            state = _PBS_STATES.get(letter, UNKNOWN)
-        detail = letter + (f" exit {exit_status}" if exit_status is not None else "")
-        jobs[match.group(1)] = JobState(state, detail)
+            jobs[job_id] = state
+    for parent, parts in elements.items():
+        folded = _fold(parts)
+        own = jobs.get(parent)
+        if own and own.state == CANCELLED and folded.state != RUNNING:
+            folded = JobState(CANCELLED, own.detail, folded.elements)  # deleted as a whole
+        elif own and own.state in (WAITING, HELD, UNRUNNABLE) and folded.state == QUEUED:
+            folded = JobState(own.state, own.detail, folded.elements)  # the array's hold
+        jobs[parent] = folded
     return jobs
 
 
@@ -272,7 +379,10 @@ def _fold(parts: dict[str, tuple[str, str]]) -> JobState:
 def run_command(command: list[str], check: bool = True) -> subprocess.CompletedProcess:
     """Run a scheduler command; a missing program or a failure is a one-line FmnistError."""
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        # errors="replace": Torque's qstat can print garbage bytes in its error messages.
+        result = subprocess.run(
+            command, capture_output=True, text=True, errors="replace", timeout=120
+        )
     except FileNotFoundError as exc:
         raise FmnistError(f"{command[0]}: not found (is this a {command[0]} cluster?)") from exc
     if check and result.returncode != 0:
@@ -300,15 +410,32 @@ def query_states(flavor: str, job_ids: list[str]) -> dict[str, JobState]:
             if result.returncode == 0:
                 states.update(parse_sacct(result.stdout))
         return {job_id: states[job_id] for job_id in job_ids if job_id in states}
+    # PBS Pro shows finished jobs only with -x (job history); Torque's -x means XML, and
+    # it keeps finished jobs (C) for keep_completed seconds. -t lists array elements;
+    # Slurm's qstat wrapper (plain numeric ids) has no -t.
     command = ["qstat", "-x", "-f"] if flavor == "pbspro" else ["qstat", "-f"]
-    states = parse_qstat_full(run_command([*command, *job_ids], False).stdout)
-    # The wrapper's and some servers' qstat print the id without the server suffix.
-    by_number = {job_id.split(".")[0]: state for job_id, state in states.items()}
-    found = {}
-    for job_id in job_ids:
-        state = states.get(job_id) or by_number.get(job_id.split(".")[0])
-        if state:
-            found[job_id] = state
+
+    def ask(ids: list[str]) -> tuple[dict[str, JobState], bool]:
+        flags = ["-t"] if any("[]" in job_id for job_id in ids) else []
+        result = run_command([*command, *flags, *ids], False)
+        states = parse_qstat_full(result.stdout, flavor)
+        # The wrapper's and some servers' qstat print the id without the server suffix.
+        by_number = {job_id.split(".")[0]: state for job_id, state in states.items()}
+        found = {}
+        for job_id in ids:
+            state = states.get(job_id) or by_number.get(job_id.split(".")[0])
+            if state:
+                found[job_id] = state
+        return found, result.returncode == 0
+
+    found, answered = ask(job_ids)
+    if not answered and len(job_ids) > 1:
+        # Some ids are unknown (purged). Torque's qstat then stops answering for the
+        # rest of a long list (it prints "Unable to communicate" with a garbled server
+        # name): ask for each missing job alone.
+        for job_id in job_ids:
+            if job_id not in found:
+                found.update(ask([job_id])[0])
     return found
 
 
@@ -319,11 +446,138 @@ def cancel_jobs(flavor: str, job_ids: list[str]) -> None:
 
 
 def detect_flavor() -> str:
-    """The scheduler of this machine: Slurm when sbatch exists, else Torque or PBS Pro."""
+    """The scheduler of this machine, judged by the ``qstat``/``sbatch`` first on PATH.
+
+    ``qstat --version`` names PBS Pro (``pbs_version = ...``) and Torque
+    (``Version: 6.1.3``); Slurm's qsub wrapper answers neither, and Slurm is used when
+    ``sbatch`` is on PATH.
+    """
+    if shutil.which("qstat"):
+        result = run_command(["qstat", "--version"], check=False)
+        text = (result.stdout + result.stderr).lower()
+        if "pbs_version" in text:
+            return "pbspro"
+        if result.returncode == 0 and text.startswith("version:"):
+            return "torque"
     if shutil.which("sbatch"):
         return "slurm"
     if shutil.which("qsub"):
-        result = run_command(["qstat", "--version"], check=False)
-        text = (result.stdout + result.stderr).lower()
-        return "pbspro" if "pbs_version" in text else "torque"
+        return "torque"
     raise FmnistError("no scheduler found (neither sbatch nor qsub on PATH); use `run` instead")
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node as its scheduler describes it: the CPUs and the labels a request can name."""
+
+    name: str
+    cpus: int
+    labels: dict[str, frozenset[str]]  # resource or "feature" -> values
+
+
+def parse_pbsnodes_json(text: str) -> list[Node]:
+    """PBS Pro's ``pbsnodes -a -F json``: each node's ``resources_available``."""
+    nodes = []
+    for name, body in json.loads(text).get("nodes", {}).items():
+        available = body.get("resources_available", {})
+        labels = {
+            key: frozenset(v.strip() for v in str(value).split(","))
+            for key, value in available.items()
+        }
+        nodes.append(Node(name, int(available.get("ncpus", 0) or 0), labels))
+    return nodes
+
+
+def parse_pbsnodes_text(text: str) -> list[Node]:
+    """Torque's ``pbsnodes -a``: each node's ``np`` and ``properties``."""
+    nodes = []
+    for block in re.split(r"\n\s*\n", text.strip()):
+        lines = block.splitlines()
+        if not lines or lines[0].startswith(" "):
+            continue
+        attributes = dict(re.findall(r"^\s+(\w+) = (.*)$", block, re.MULTILINE))
+        properties = frozenset(p for p in attributes.get("properties", "").split(",") if p)
+        np = attributes.get("np", "0")
+        nodes.append(
+            Node(lines[0].strip(), int(np) if np.isdigit() else 0, {"feature": properties})
+        )
+    return nodes
+
+
+def parse_sinfo_nodes(text: str) -> list[Node]:
+    """``sinfo -h -N -o %N|%c|%f``: each node's CPUs and features."""
+    nodes = []
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            name, cpus, features = parts
+            labels = {"feature": frozenset(f for f in features.split(",") if f and f != "(null)")}
+            nodes.append(Node(name, int(cpus) if cpus.isdigit() else 0, labels))
+    return nodes
+
+
+# Resources of a PBS Pro chunk that every node has: only custom ones name a node type.
+_PBS_GENERIC = {"ncpus", "mem", "vmem", "mpiprocs", "ompthreads", "ngpus", "nodect"}
+
+
+def request_needs(flavor: str, request: tuple[str, ...]) -> tuple[int, dict[str, str]]:
+    """The CPUs and labels a node-type request asks of one node (pure).
+
+    ``-l select=1:ncpus=2:cpu_type=icx`` -> (2, {"cpu_type": "icx"});
+    ``-l nodes=1:icx:ppn=2`` and ``--constraint=icx`` -> ({"feature": "icx"}).
+    """
+    cpus, labels = 0, {}
+    words = list(request)
+    for i, word in enumerate(words):
+        value = words[i + 1] if word == "-l" and i + 1 < len(words) else word
+        if flavor == "pbspro" and value.startswith("select="):
+            for part in value.removeprefix("select=").split("+")[0].split(":")[1:]:
+                key, _, amount = part.partition("=")
+                if key == "ncpus" and amount.isdigit():
+                    cpus = int(amount)
+                elif key not in _PBS_GENERIC:
+                    labels[key] = amount
+        elif flavor == "torque" and value.startswith("nodes="):
+            for part in value.removeprefix("nodes=").split("+")[0].split(":")[1:]:
+                key, _, amount = part.partition("=")
+                if key == "ppn" and amount.isdigit():
+                    cpus = int(amount)
+                elif not amount and not key.isdigit():
+                    labels.setdefault("feature", set()).add(key)
+        elif flavor == "slurm" and value.startswith("--constraint="):
+            for feature in re.findall(r"[A-Za-z0-9_-]+", value.removeprefix("--constraint=")):
+                labels.setdefault("feature", set()).add(feature)
+    return cpus, labels
+
+
+def node_offers(node: Node, cpus: int, labels: dict) -> bool:
+    """True when ``node`` has the CPUs and every label a request asks for."""
+    if cpus and node.cpus and cpus > node.cpus:
+        return False
+    for key, wanted in labels.items():
+        wanted = {wanted} if isinstance(wanted, str) else set(wanted)
+        if not wanted <= node.labels.get(key, frozenset()):
+            return False
+    return True
+
+
+def list_nodes(flavor: str) -> list[Node] | None:
+    """The cluster's nodes, or None when the scheduler does not say."""
+    commands = {
+        "pbspro": (["pbsnodes", "-a", "-F", "json"], parse_pbsnodes_json),
+        "torque": (["pbsnodes", "-a"], parse_pbsnodes_text),
+        "slurm": (["sinfo", "-h", "-N", "-o", "%N|%c|%f"], parse_sinfo_nodes),
+    }
+    command, parse = commands[flavor]
+    if not shutil.which(command[0]):
+        return None
+    result = run_command(command, check=False)
+    if result.returncode != 0:
+        return None
+    try:
+        return parse(result.stdout) or None
+    except (ValueError, KeyError):
+        return None  # an answer this parser does not understand: cannot tell

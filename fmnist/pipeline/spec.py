@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import shlex
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,10 +67,18 @@ class Task:
     needs: tuple[str, ...]
     values: dict
     resources: dict
+    # An array task's outputs element by element (index -> paths); () for a plain task.
+    element_outputs: tuple[tuple[Path, ...], ...] = ()
 
-    def complete(self) -> bool:
-        """True when every declared output exists (a re-run skips the task)."""
-        return bool(self.outputs) and all(path.exists() for path in self.outputs)
+    def complete(self, index: int | None = None) -> bool:
+        """True when every declared output exists (a re-run skips the task).
+
+        With ``index``, only array element ``index``'s own outputs count.
+        """
+        paths = self.outputs
+        if index is not None and self.element_outputs:
+            paths = self.element_outputs[index]
+        return bool(paths) and all(path.exists() for path in paths)
 
 
 def load_pipeline(path: Path | str | None = None) -> Pipeline:
@@ -121,6 +130,47 @@ def _task_id(step: str, combo: dict) -> str:
     return step + "".join(f":{value}" for value in combo.values())
 
 
+# Placeholders an array step's outputs may use; each such output is one per element.
+ELEMENT_PLACEHOLDERS = ("array_index", "array_size", "shard_marker")
+
+
+def element_values(index: int, size: int) -> dict:
+    """The element placeholders of element ``index`` of ``size``.
+
+    ``shard_marker`` is the success marker a scoring shard writes last; its name belongs
+    to :func:`fmnist.scoring.shards.marker_name`.
+    """
+    from fmnist.scoring.shards import marker_name  # pyarrow: only for array outputs
+
+    return {"array_index": index, "array_size": size, "shard_marker": marker_name(index, size)}
+
+
+def _is_element_template(template: str) -> bool:
+    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    return bool(fields & set(ELEMENT_PLACEHOLDERS))
+
+
+def _outputs(step: Step, run: Path, scope: dict, size: int | None):
+    """A task's outputs, and element by element for an array task (see Task)."""
+    shared = [o for o in step.outputs if not _is_element_template(o)]
+    per_element = [o for o in step.outputs if _is_element_template(o)]
+    if per_element and size is None:
+        raise FmnistError(
+            f"step {step.name!r}: outputs use {', '.join(ELEMENT_PLACEHOLDERS)} "
+            "but the step is no array (resources.array)"
+        )
+    common = tuple(Path(run) / o.format(**scope) for o in shared)
+    if not per_element:
+        return common, ()
+    elements = tuple(
+        common
+        + tuple(Path(run) / o.format(**scope, **element_values(i, size)) for o in per_element)
+        for i in range(size)
+    )
+    flat = common + tuple(p for element in elements for p in element[len(common) :])
+    return flat, elements
+
+
 def expand(
     pipeline: Pipeline, profile_name: str, run: Path | str, overrides: dict | None = None
 ) -> list[Task]:
@@ -145,12 +195,18 @@ def expand(
                     if isinstance(v, list) and k not in combo
                 }
             )
+            task_id = _task_id(step.name, combo)
             try:
                 command = step.command.format(**scope)
-                outputs = tuple(Path(run) / o.format(**scope) for o in step.outputs)
+                # Resources may use placeholders too (script = "pbs/train_{model}.sh").
+                resources = {
+                    k: v.format(**scope) if isinstance(v, str) else v
+                    for k, v in step.resources.items()
+                }
+                size = _array_size(task_id, resources)
+                outputs, element_outputs = _outputs(step, Path(run), scope, size)
             except KeyError as exc:
                 raise FmnistError(f"step {step.name!r}: no value for placeholder {exc}") from exc
-            task_id = _task_id(step.name, combo)
             # Args for one task ("train:backup1") come after the step's, so they win.
             # A step without for_each has its name as task id: its args count once.
             extra = " ".join(
@@ -170,11 +226,8 @@ def expand(
                 outputs=outputs,
                 needs=tuple(needs),
                 values=combo,
-                # Resources may use placeholders too (script = "pbs/train_{model}.sh").
-                resources={
-                    k: v.format(**scope) if isinstance(v, str) else v
-                    for k, v in step.resources.items()
-                },
+                resources=resources,
+                element_outputs=element_outputs,
             )
             by_step[step.name].append(task)
             tasks.append(task)
@@ -188,16 +241,20 @@ def array_size(task: Task) -> int | None:
     job environment (:mod:`fmnist.jobenv`). The local executor runs the elements in turn
     with ``FMNIST_ARRAY_INDEX`` set, so both leave the same files.
     """
-    size = task.resources.get("array")
+    return _array_size(task.id, task.resources)
+
+
+def _array_size(task_id: str, resources: dict) -> int | None:
+    size = resources.get("array")
     if size in (None, ""):
         return None
     try:
         size = int(size)
     except ValueError as exc:
-        message = f"task {task.id}: resources.array must be a number, not {size!r}"
+        message = f"task {task_id}: resources.array must be a number, not {size!r}"
         raise FmnistError(message) from exc
     if size < 1:
-        raise FmnistError(f"task {task.id}: resources.array must be at least 1, not {size}")
+        raise FmnistError(f"task {task_id}: resources.array must be at least 1, not {size}")
     return size
 
 

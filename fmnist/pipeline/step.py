@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fmnist.io import FmnistError, default_run_dir
+from fmnist.jobenv import job_recorded, parse_job_environment, record_job
+from fmnist.nodetypes import FLAVORS
 from fmnist.pipeline.executor import run_job_tasks
 from fmnist.pipeline.spec import Pipeline, Task, env_name, expand, load_pipeline, scalar_overrides
 
@@ -81,4 +83,9 @@ def run_step(
     """``fmnist-batch step``: run the task(s) ``selector`` and the environment pick."""
     run = run or default_run_dir(profile)
     tasks = select_tasks(load_pipeline(), profile, run, selector, environ)
-    run_job_tasks(tasks, environ, force=force, progress=progress)
+    ran = run_job_tasks(tasks, environ, force=force, progress=progress)
+    # Every scheduler job records itself in the run's manifest; most commands do it
+    # themselves, this covers those that do not (data to-csv).
+    job = parse_job_environment(environ)
+    if ran and job.scheduler in FLAVORS and not job_recorded(run):
+        record_job(run, f"step {selector}", task_id=ran[-1])

@@ -28,22 +28,37 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fmnist.io import DEFAULT_PROFILE, FmnistError, default_run_dir, write_json_atomic
+from fmnist.io import (
+    DEFAULT_PROFILE,
+    FmnistError,
+    current_umask,
+    default_run_dir,
+    write_json_atomic,
+)
 from fmnist.nodetypes import NodeType, load_node_types, parse_node_type_list
 from fmnist.pipeline.executor import log_path
 from fmnist.pipeline.scheduler import (
     ACTIVE,
     BLOCKED,
+    CANCELLED,
     COMPLETED,
+    FAILED,
     FINISHED,
+    STUCK,
     UNKNOWN,
+    UNRUNNABLE,
+    WAITING,
     Dependency,
     JobState,
     Submission,
+    array_log_path,
     cancel_jobs,
     detect_flavor,
+    list_nodes,
+    node_offers,
     parse_job_id,
     query_states,
+    request_needs,
     run_command,
     submit_command,
 )
@@ -76,9 +91,12 @@ class PlannedJob:
 
 @dataclass
 class SubmitSettings:
-    """What a submission was made with; recorded in jobs.json and reused by --resume."""
+    """What a submission was made with; recorded in jobs.json and reused by --resume.
 
-    scheduler: str
+    ``scheduler`` is None until detected (``submit`` checks the DAG first).
+    """
+
+    scheduler: str | None
     profile: str
     node_types: list[str]
     pipeline: str
@@ -122,12 +140,17 @@ def _check_walltime(task: Task) -> str:
 
 
 def job_environment(task: Task, settings: SubmitSettings, node_type: str) -> dict[str, str]:
-    """The variables a task's job gets: run, profile, spec, and its placeholder values."""
+    """The variables a task's job gets: run, profile, spec, and its placeholder values.
+
+    ``FMNIST_UMASK`` carries the submitter's umask: the job scripts apply it, so results
+    are as readable as the files the user writes by hand.
+    """
     env = {
         "FMNIST_RUN": settings.run,
         "FMNIST_PROFILE": settings.profile,
         "FMNIST_PIPELINE": settings.pipeline,
         "FMNIST_NODE_TYPE": node_type,
+        "FMNIST_UMASK": f"{current_umask():03o}",
     }
     for key, value in task.values.items():
         env[env_name(key)] = str(value)
@@ -145,6 +168,7 @@ def plan_jobs(
     """One job per task, in dependency order, with the flavor-neutral submission details."""
     planned = []
     run = Path(settings.run)
+    umask = f"{current_umask():03o}" if settings.scheduler in ("torque", "pbspro") else None
     for task in tasks:
         node_type = str(task.values.get("node_type", settings.node_types[0]))
         if node_type not in catalog:
@@ -157,6 +181,7 @@ def plan_jobs(
             env=job_environment(task, settings, node_type),
             log=str(log_path(run / "logs", task.id)),
             array=array_size(task),
+            umask=umask,
         )
         planned.append(PlannedJob(task, submission, node_type))
     return planned
@@ -252,12 +277,12 @@ def submit_jobs(
         old = old_jobs.get(task.id)
         state = states.get(old["job_id"]) if old else None
         needs_resubmitted = any(result.actions.get(n) == "submitted" for n in task.needs)
-        # A step that declares no outputs (it skips finished work itself) is complete
-        # when its last job ended well.
-        ended_well = bool(state) and state.state in (COMPLETED, FINISHED)
+        # The outputs decide. A step that declares none is complete only when its last
+        # job is known to have exited 0: a deleted, cancelled or forgotten job is not.
+        ended_well = state is not None and state.state == COMPLETED
         if task.complete() or (not task.outputs and ended_well):
             result.actions[task.id] = "complete"
-            why = "outputs on disk" if task.outputs else f"job {old['job_id']} completed"
+            why = "outputs on disk" if task.outputs else f"job {old['job_id']} exited 0"
             progress(f"[complete]  {task.id} ({why})")
             continue
         if state and state.state in ACTIVE and not needs_resubmitted:
@@ -265,9 +290,10 @@ def submit_jobs(
             current[task.id] = Dependency(old["job_id"], bool(old.get("array")))
             progress(f"[kept]      {task.id}: job {old['job_id']} is {state.state}")
             continue
-        if state and state.state in (*ACTIVE, BLOCKED):
+        if state and state.state in (*ACTIVE, *STUCK):
             cancel_jobs(settings.scheduler, [old["job_id"]])
-            progress(f"[cancelled] {task.id}: job {old['job_id']} waited for a failed job")
+            why = "can never run" if state.state in STUCK else "waited for a job resubmitted now"
+            progress(f"[cancelled] {task.id}: job {old['job_id']} {why}")
         after = tuple(current[n] for n in task.needs if n in current)
         submission = replace(job.submission, after=after)
         command = submit_command(settings.scheduler, submission)
@@ -305,7 +331,10 @@ def submit_pipeline(
     resume: bool = False,
     progress: Callable[[str], None] = print,
 ) -> tuple[list[PlannedJob], SubmitResult | None, str]:
-    """Plan the DAG for ``settings`` and submit it (or only render it, with ``dry_run``)."""
+    """Plan the DAG for ``settings`` and submit it (or only render it, with ``dry_run``).
+
+    The DAG and its job scripts are checked before the scheduler is asked anything.
+    """
     catalog = load_node_types()
     for name in settings.node_types:
         if name not in catalog:
@@ -315,6 +344,10 @@ def submit_pipeline(
         "node_types": settings.node_types,
     }
     tasks = expand(pipeline, settings.profile, settings.run, overrides)
+    for task in tasks:
+        _script(task)
+    if settings.scheduler is None:
+        settings.scheduler = detect_flavor()
     planned = plan_jobs(tasks, settings, catalog)
     complete = frozenset(task.id for task in tasks if task.complete())
     script = dry_run_script(planned, settings.scheduler, complete)
@@ -328,9 +361,32 @@ def submit_pipeline(
         )
     if resume and not previous:
         raise FmnistError(f"{Path(settings.run) / JOBS_FILE}: nothing submitted yet to resume")
+    for warning in node_type_warnings(settings, catalog):
+        progress(f"warning: {warning}")
     # Schedulers open the job's log before the job runs: its directory must exist.
     (Path(settings.run) / "logs").mkdir(parents=True, exist_ok=True)
     return planned, submit_jobs(planned, settings, previous, progress), script
+
+
+def node_type_warnings(settings: SubmitSettings, catalog: dict[str, NodeType]) -> list[str]:
+    """One line per requested node type that no node of the cluster offers.
+
+    Empty when every type matches a node, or when the scheduler does not list its nodes.
+    """
+    nodes = list_nodes(settings.scheduler)
+    if not nodes:
+        return []
+    warnings = []
+    for name in settings.node_types:
+        request = catalog[name].request(settings.scheduler)
+        cpus, labels = request_needs(settings.scheduler, request)
+        if not any(node_offers(node, cpus, labels) for node in nodes):
+            warnings.append(
+                f"node type {name!r} ({' '.join(request) or 'no request'}) matches no node "
+                f"of this {settings.scheduler} cluster ({', '.join(n.name for n in nodes)}): "
+                "its jobs will be refused or wait forever"
+            )
+    return warnings
 
 
 def resolve_settings(
@@ -347,7 +403,7 @@ def resolve_settings(
         recorded = (read_record(out or default_run_dir(profile)) or {}).get("settings", {})
     profile = profile or recorded.get("profile") or DEFAULT_PROFILE
     return SubmitSettings(
-        scheduler=scheduler or recorded.get("scheduler") or detect_flavor(),
+        scheduler=scheduler or recorded.get("scheduler"),  # else detected by submit_pipeline
         profile=profile,
         node_types=(
             parse_node_type_list(node_types, load_node_types())
@@ -371,50 +427,122 @@ def submit_summary(result: SubmitResult, settings: SubmitSettings) -> str:
 
 # --------------------------------------------------------------------------- status
 
+DONE, INCOMPLETE = "done", "incomplete"
+# Task states that stop everything downstream: the cause of a "never ran".
+BROKEN = (FAILED, INCOMPLETE, UNRUNNABLE)
+NOT_RUN = (CANCELLED, BLOCKED, WAITING, UNKNOWN)
+
 
 @dataclass(frozen=True)
 class TaskStatus:
-    """A task's job, what the scheduler says of it and what is on disk."""
+    """A task's job, what the scheduler says of it, what is on disk, and why."""
 
     task_id: str
     job_id: str
-    state: str  # done | the scheduler's normalised state
-    detail: str
+    state: str  # done | incomplete | the scheduler's normalised state
+    detail: str  # the scheduler's own words
     outputs_present: int
     outputs_total: int
+    note: str = ""  # why it is not done: the failed task it waited for, the log to read
+
+
+def _task_state(outputs: list[Path], present: int, scheduler: JobState) -> tuple[str, str]:
+    """The task's state and the detail shown, from its outputs and its job (pure rule).
+
+    Outputs decide: a task is done when every declared output is on disk and its job is
+    no longer queued or running. A task that declares no outputs is done only when its
+    job is known to have exited 0, never when it was deleted, cancelled or forgotten.
+    """
+    detail = scheduler.detail
+    complete = bool(outputs) and present == len(outputs)
+    if scheduler.state in ACTIVE or scheduler.state in STUCK:
+        return scheduler.state, detail
+    if complete:
+        if scheduler.state == UNKNOWN:
+            detail = "done by its outputs: the scheduler no longer knows the job"
+        return DONE, detail
+    if not outputs and scheduler.state == COMPLETED:
+        return DONE, detail
+    if scheduler.state in (COMPLETED, FINISHED):
+        return INCOMPLETE, f"{detail}; ended, but its outputs are not all there"
+    if scheduler.state == UNKNOWN:
+        gone = "the scheduler no longer knows the job (finished and forgotten, or job history off)"
+        if outputs:
+            return UNKNOWN, f"{gone}; its outputs are incomplete"
+        return UNKNOWN, gone
+    return scheduler.state, detail
+
+
+def element_logs(flavor: str, log: str) -> str:
+    """Where an array job's elements log, ``<i>`` standing for the index."""
+    if flavor == "torque":
+        return f"{log}-<i>"  # Torque appends -<index> to the path it was given
+    return array_log_path(flavor, log).replace("^array_index^", "<i>").replace("%a", "<i>")
+
+
+def _causes(task_id: str, jobs: dict, by_id: dict[str, str]) -> list[str]:
+    """The nearest tasks upstream of ``task_id`` that failed (or cannot run)."""
+    causes: list[str] = []
+    seen: set[str] = set()
+    stack = list(jobs.get(task_id, {}).get("needs", []))
+    while stack:
+        need = stack.pop(0)
+        if need in seen or need not in by_id:
+            continue
+        seen.add(need)
+        if by_id[need] in BROKEN:
+            causes.append(need)
+        elif by_id[need] in NOT_RUN:
+            stack.extend(jobs[need].get("needs", []))
+    return causes
 
 
 def task_statuses(run: Path | str, states: dict[str, JobState], record: dict) -> list[TaskStatus]:
     """Combine the record, the scheduler's states and the files on disk (pure)."""
     run = Path(run)
-    statuses = []
     jobs = record.get("jobs", {})
     order = [t for t in record.get("order", []) if t in jobs]
     order += [t for t in jobs if t not in order]
+    rows = {}
     for task_id in order:
         job = jobs[task_id]
         outputs = [run / o for o in job.get("outputs", [])]
         present = sum(path.exists() for path in outputs)
-        scheduler_state = states.get(job["job_id"], JobState(UNKNOWN, "not known to the scheduler"))
-        ended_well = scheduler_state.state in (COMPLETED, FINISHED)
-        complete = present == len(outputs) if outputs else ended_well
-        if complete and scheduler_state.state not in ACTIVE:
-            state = "done"
-        elif scheduler_state.state == COMPLETED and not complete:
-            state = "incomplete"  # the job ended well but its outputs are not all there
-        else:
-            state = scheduler_state.state
-        statuses.append(
-            TaskStatus(
-                task_id,
-                job["job_id"],
-                state,
-                scheduler_state.detail,
-                present,
-                len(outputs),
-            )
-        )
+        scheduler = states.get(job["job_id"], JobState(UNKNOWN, "not known to the scheduler"))
+        state, detail = _task_state(outputs, present, scheduler)
+        rows[task_id] = (job, state, detail, present, len(outputs))
+    by_id = {task_id: row[1] for task_id, row in rows.items()}
+    flavor = record.get("settings", {}).get("scheduler") or ""
+    statuses = []
+    for task_id, (job, state, detail, present, total) in rows.items():
+        note = ""
+        if state in (FAILED, INCOMPLETE) and job.get("log"):
+            note = f"see {element_logs(flavor, job['log']) if job.get('array') else job['log']}"
+        elif state in NOT_RUN or state == BLOCKED:
+            causes = ", ".join(_causes(task_id, jobs, by_id))
+            if causes and state == WAITING:
+                note = f"waits for {causes}, which failed: it will not run"
+            elif causes:
+                note = f"never ran: {causes} failed"
+        elif state == UNRUNNABLE:
+            note = "no node can run it: cancel it, or resubmit with another --node-type"
+        statuses.append(TaskStatus(task_id, job["job_id"], state, detail, present, total, note))
     return statuses
+
+
+def status_summary(statuses: list[TaskStatus]) -> str:
+    """The last lines of ``status``: how many tasks are done, what failed and what never ran."""
+    done = sum(s.state == DONE for s in statuses)
+    lines = [f"{done}/{len(statuses)} tasks done"]
+    failed = [s for s in statuses if s.state in BROKEN]
+    if failed:
+        lines.append("failed: " + ", ".join(f"{s.task_id} ({s.state})" for s in failed))
+    never = [s for s in statuses if s.note.startswith(("never ran", "waits for"))]
+    if never:
+        lines.append("never ran: " + ", ".join(s.task_id for s in never))
+    if failed or never:
+        lines.append("fix the cause, then `fmnist-batch submit --out RUN --resume`")
+    return "\n".join(lines)
 
 
 def run_status(run: Path | str) -> list[TaskStatus]:
@@ -428,11 +556,12 @@ def run_status(run: Path | str) -> list[TaskStatus]:
 
 
 def format_statuses(statuses: list[TaskStatus]) -> str:
-    """A plain-text table of task states."""
-    rows = [("TASK", "JOB", "STATE", "OUTPUTS", "SCHEDULER SAYS")]
+    """A plain-text table of task states; the last column says why a task is not done."""
+    rows = [("TASK", "JOB", "STATE", "OUTPUTS", "WHY / SCHEDULER SAYS")]
     for s in statuses:
         outputs = f"{s.outputs_present}/{s.outputs_total}"
-        rows.append((s.task_id, s.job_id, s.state, outputs, s.detail))
+        why = "; ".join(part for part in (s.note, s.detail) if part)
+        rows.append((s.task_id, s.job_id, s.state, outputs, why))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]])
