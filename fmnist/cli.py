@@ -592,7 +592,7 @@ def status_command(run, as_json):
         click.echo(json.dumps([asdict(s) for s in statuses], indent=2))
         return
     click.echo(format_statuses(statuses))
-    click.echo(status_summary(statuses))
+    click.echo(status_summary(statuses, run))
 
 
 @main.command("jobenv")

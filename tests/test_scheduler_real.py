@@ -7,11 +7,12 @@ as written, on the flavor each names, in a scratch copy of the project directory
 ``pbs/`` and ``.venv``), so ``$PWD/outputs/quick`` is the scratch run directory.
 
 The story per flavor: the README trains ``main`` by hand; ``submit --profile quick``
-sends the project's quick DAG with one step made to fail; ``status`` names the failed
-step and every step that never ran; the cause is fixed and ``--resume`` submits exactly
-the incomplete steps, with their dependencies, through to the report; the README's
-node-type line benchmarks on a node type the cluster has. A node type no node offers is
-warned about, then refused (Torque, Slurm) or shown as never running (PBS Pro).
+sends the project's quick DAG (every model and variant) with one step made to fail;
+``status`` names the failed step and every step that never ran; the cause is fixed and
+``--resume`` submits exactly the incomplete steps, with their dependencies, through to
+the report; the README's node-type line benchmarks on a node type the cluster has. A
+node type no node offers is warned about, then refused (Torque, Slurm) or shown as never
+running (PBS Pro).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ from fmnist.pipeline.submit import read_record, run_status
 
 PROJECT = Path(__file__).resolve().parent.parent
 FMNIST = [sys.executable, "-m", "fmnist"]
-# FMNIST_SCHEDULER_DAG=quick runs the project's quick profile as it is (every model and
-# variant: a quarter of an hour per flavor on 2 cores); by default a reduced copy of it.
+# The DAG is the project's quick profile as it is (3-5 minutes a flavor on 2 cores);
+# FMNIST_SCHEDULER_DAG=reduced cuts it to one model, one variant and small inputs (about
+# half of that) for quicker rounds while working on the scheduler code.
 DAG_VARIABLE = "FMNIST_SCHEDULER_DAG"
 README_FLAVORS = {"# Torque": "torque", "# PBS Pro / OpenPBS": "pbspro", "# Slurm": "slurm"}
 
@@ -198,8 +200,7 @@ def pipeline_toml(spec: dict) -> str:
 
 def reduced_quick_spec(directory: Path) -> Path:
     """jobs/pipeline.toml as it is, its steps, scripts and DAG, with a `quick` profile cut
-    to one model (main, which the README line trains), one variant and small inputs: the
-    project's quick DAG takes minutes per job on 2 cores, three times over."""
+    to one model (main, which the README line trains), one variant and small inputs."""
     spec = tomllib.loads((PROJECT / "jobs" / "pipeline.toml").read_text())
     quick = spec["profiles"]["quick"]
     quick.update(models=["main"], variants=["openvino-f32"])
@@ -302,7 +303,7 @@ def test_readme_lines_the_quick_dag_a_failure_and_resume(cluster, tmp_path, subm
     run = project / "outputs" / "quick"
     runs.append(run)
     plain = plain_environment(cluster)
-    started = time.monotonic()
+    phases = [("start", time.monotonic())]
 
     # 1. The README trains main by hand: the job script alone, exactly as written.
     result = shell(readme_line(lines, flavor, "pbs/train_main.sh"), project, plain)
@@ -320,13 +321,15 @@ def test_readme_lines_the_quick_dag_a_failure_and_resume(cluster, tmp_path, subm
     assert entry["job_name"] == "train_main"
     assert entry["host"] in cluster.hosts and entry["node_type"] == "local"
 
+    phases.append(("README train", time.monotonic()))
+
     # 2. The whole quick DAG, with the user's umask 002, and one step made to fail:
     #    a file stands where score:main writes its shards.
     in_the_way = run / "predictions" / "test" / "main"
     in_the_way.parent.mkdir(parents=True)
     in_the_way.write_text("not a directory")
     dag_env = {**plain, "FMNIST_NODE_TYPES": str(one_cpu_catalog(tmp_path, flavor))}
-    if os.environ.get(DAG_VARIABLE, "reduced") != "quick":
+    if os.environ.get(DAG_VARIABLE, "quick") == "reduced":
         dag_env["FMNIST_PIPELINE"] = str(reduced_quick_spec(tmp_path))
     submit, status, resume = (
         readme_line(lines, "any", "--profile quick"),
@@ -357,6 +360,9 @@ def test_readme_lines_the_quick_dag_a_failure_and_resume(cluster, tmp_path, subm
     assert "never ran: score-verify:main, report" in result.stdout, result.stdout
     assert "never ran: score:main failed" in result.stdout, result.stdout
     assert "see logs/score__main." in result.stdout, result.stdout
+    assert "then `fmnist-batch submit --out outputs/quick --resume`" in result.stdout
+
+    phases.append(("DAG with a failure", time.monotonic()))
 
     # 3. The cause fixed, --resume submits exactly the incomplete steps, each after the
     #    new jobs of what it needs, through to the report.
@@ -397,6 +403,8 @@ def test_readme_lines_the_quick_dag_a_failure_and_resume(cluster, tmp_path, subm
         if job["array"]:
             assert sorted(e["array_index"] for e in entries) == list(range(job["array"]))
 
+    phases.append(("resume", time.monotonic()))
+
     # 4. The README's node-type line: the benchmark on a node type the cluster has.
     line = readme_line(lines, flavor, "pbs/benchmark.sh")
     node_type = re.search(r"FMNIST_NODE_TYPE=(\w+)", line).group(1)
@@ -420,7 +428,9 @@ def test_readme_lines_the_quick_dag_a_failure_and_resume(cluster, tmp_path, subm
     logs = "".join(p.read_text() for p in project.glob("score.o*"))
     for index in (0, 1):
         assert f"[skip]    score:main[{index}] (outputs complete)" in logs, logs
-    print(f"\n{flavor}: README lines and the quick DAG in {time.monotonic() - started:.0f}s")
+    phases.append(("node type and array lines", time.monotonic()))
+    spans = ", ".join(f"{name} {t - phases[i][1]:.0f}s" for i, (name, t) in enumerate(phases[1:]))
+    print(f"\n{flavor}: {phases[-1][1] - phases[0][1]:.0f}s ({spans})")
 
 
 @pytest.mark.scheduler

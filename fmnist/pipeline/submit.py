@@ -530,7 +530,7 @@ def task_statuses(run: Path | str, states: dict[str, JobState], record: dict) ->
     return statuses
 
 
-def status_summary(statuses: list[TaskStatus]) -> str:
+def status_summary(statuses: list[TaskStatus], run: Path | str = "RUN") -> str:
     """The last lines of ``status``: how many tasks are done, what failed and what never ran."""
     done = sum(s.state == DONE for s in statuses)
     lines = [f"{done}/{len(statuses)} tasks done"]
@@ -541,7 +541,7 @@ def status_summary(statuses: list[TaskStatus]) -> str:
     if never:
         lines.append("never ran: " + ", ".join(s.task_id for s in never))
     if failed or never:
-        lines.append("fix the cause, then `fmnist-batch submit --out RUN --resume`")
+        lines.append(f"fix the cause, then `fmnist-batch submit --out {run} --resume`")
     return "\n".join(lines)
 
 
