@@ -693,6 +693,7 @@ def score_command(
       fmnist-batch score big.parquet --run RUN --model backup1 --shard all/4 --workers 2
     """
     from fmnist.scoring.score import (
+        RejectLimitExceeded,
         ScoreConfig,
         default_out_dir,
         default_variant,
@@ -720,12 +721,23 @@ def score_command(
         batch_size=batch_size,
         block_bytes=block_mb << 20,
     )
-    results = score_shards(config, indices, workers, progress=_progress)
+    try:
+        results = score_shards(config, indices, workers, progress=_progress)
+    except RejectLimitExceeded as exc:
+        _echo_shard_results(exc.results)  # the finished shards, then the error
+        raise
+    _echo_shard_results(results)
+
+
+def _echo_shard_results(results) -> None:
     for result in results:
+        head = f"shard {result.index}/{result.shards} {result.status}"
+        if result.status == "over-limit":
+            click.echo(f"{head}: {result.summary}")
+            continue
         click.echo(
-            f"shard {result.index}/{result.shards} {result.status}: {result.rows_read} rows, "
-            f"{result.predicted} predicted, {result.rejected} rejected, "
-            f"{result.rows_per_second:.0f} rows/s, peak RSS "
+            f"{head}: {result.rows_read} rows, {result.predicted} predicted, {result.rejected} "
+            f"rejected, {result.rows_per_second:.0f} rows/s, peak RSS "
             f"{result.peak_rss_bytes / 2**20:.0f} MiB -> {result.part}"
         )
 

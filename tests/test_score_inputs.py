@@ -155,10 +155,13 @@ def test_parquet_shards_by_row_groups_then_verify_and_merge(
     layout, dtype, label = SHAPES[shape]
     source = images_parquet(tmp_path / f"{shape}.parquet", ROWS, layout, dtype, label)
     out = tmp_path / "out"
-    config = ScoreConfig(source, trained_run, MODEL, "keras-predict", out, shards=3)
-    results = score_shards(config, [0, 1, 2], progress=lambda message: None)
+    result = cli_score(trained_run, source, out, "--shard", "all/3")
+    assert result.exit_code == 0, result.output
     # Row groups of 70 rows: 5 groups over 3 shards, 1 + 2 + 2.
-    assert [r.rows_read for r in results] == [70, 140, 90]
+    for index, rows in enumerate((70, 140, 90)):
+        assert f"shard {index}/3 scored: {rows} rows, {rows} predicted, 0 rejected" in (
+            result.stdout
+        )
     frame = read_parts(out, 3)
     check_predictions(frame, reference, np.arange(ROWS))
     assert ("label" in frame.columns) == label
@@ -191,8 +194,20 @@ def test_parquet_rejects_then_verify_through_the_cli(
         tmp_path / "images.parquet", ROWS, "columns", "float32", edit=_bad_values
     )
     out = tmp_path / "out"
+    # Rows 5 and 100 are both in shard 0 (row groups 0-1, 140 rows): past the default 1 %.
+    result = cli_score(trained_run, source, out, "--shard", "all/2")
+    assert result.exit_code == 1
+    assert (
+        "error: 1 of 2 shard(s) past --max-rejects 1%: shard 0/2: 2 rejected in the first "
+        "140 rows read, already more than --max-rejects 1% allows" in result.output
+    )
+    assert f"first: {source}: row 5: pixel21 is 256.0, above 255" in result.output
+    assert "shard 0/2 over-limit: 2 rejected in the first 140 rows read" in result.stdout
+    assert "shard 1/2 scored: 160 rows" in result.stdout and (out / marker_name(1, 2)).is_file()
+    assert not (out / marker_name(0, 2)).exists() and not (out / part_name(0, 2)).exists()
     result = cli_score(trained_run, source, out, "--shard", "all/2", "--max-rejects", "2%")
     assert result.exit_code == 0, result.output
+    assert "shard 0/2 scored" in result.stdout and "shard 1/2 skipped" in result.stdout
     rejects = read_rejects(out, 2)
     assert list(zip(rejects["row_id"], rejects["kind"], strict=True)) == [
         (5, "over_255"),

@@ -378,66 +378,81 @@ def score_shard(
         # The marker goes first: from here until the new one is written, the shard
         # must not look finished even if the process dies.
         ShardMarker.path(out_dir, index, count).unlink(missing_ok=True)
-        engine = cached_engine(config.run, config.model, config.variant)
-        metadata = {
-            "model": config.model,
-            "variant": config.variant,
-            "executed_precision": engine.info.executed_precision,
-            "model_sha256": model_sha256(engine.info.model_path),
-            "input": str(source.path.resolve()),
-            "input_fingerprint": fingerprint,
-            "shard": index,
-            "shards": count,
-        }
-        schema = prediction_schema(source.has_label, config.probabilities, metadata)
-        started, cpu_started = time.perf_counter(), time.process_time()
-        shard = source.open_shard(index, count, config.block_bytes, config.gzip_block_rows)
-        tally = _RejectTally()
-        try:
-            rows_read, predicted, rejected = _write_shard(
-                config, source, engine, schema, shard, tally, limit, index, progress
-            )
-        except _OverLimit as over:
-            summary = _over_limit_summary(source, over, limit, tally)
-            progress(f"{label}: {summary}")
-            return ShardResult(
-                index=index,
-                shards=count,
-                status="over-limit",
-                rows_read=over.rows_read,
-                predicted=0,
-                rejected=over.rejected,
-                seconds=round(time.perf_counter() - started, 3),
-                rows_per_second=0.0,
-                peak_rss_bytes=peak_rss_bytes(),
-                part=part,
-                summary=summary,
-            )
-        seconds = time.perf_counter() - started
-        marker = ShardMarker(
-            **metadata,
-            **shard.cut,
-            **source.identity(),
-            input_bytes=source.size,
-            probabilities=config.probabilities,
-            rows_read=rows_read,
-            predicted=predicted,
-            rejected=rejected,
-            max_rejects=str(limit),
-            reject_limit=limit.allowed(rows_read),
-            part=part.name,
-            part_sha256=sha256_file(part),
-            rejects=rejects_name(index, count),
-            rejects_sha256=sha256_file(out_dir / rejects_name(index, count)),
-            seconds=round(seconds, 3),
-            cpu_seconds=round(time.process_time() - cpu_started, 3),  # every thread's
-            rows_per_second=round(rows_read / seconds, 1) if seconds > 0 else 0.0,
-            peak_rss_bytes=peak_rss_bytes(),
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            finished=datetime.now(UTC).isoformat(timespec="seconds"),
+        return _score_unfinished(config, source, index, limit, fingerprint, progress)
+
+
+def _score_unfinished(
+    config: ScoreConfig,
+    source: ScoringInput,
+    index: int,
+    limit: RejectLimit,
+    fingerprint: str,
+    progress: Callable[[str], None],
+) -> ShardResult:
+    """Score a shard that is not finished (its caller holds the shard's lock)."""
+    count, out_dir = config.shards, config.out_dir
+    label = f"shard {index}/{count}"
+    part = out_dir / part_name(index, count)
+    engine = cached_engine(config.run, config.model, config.variant)
+    metadata = {
+        "model": config.model,
+        "variant": config.variant,
+        "executed_precision": engine.info.executed_precision,
+        "model_sha256": model_sha256(engine.info.model_path),
+        "input": str(source.path.resolve()),
+        "input_fingerprint": fingerprint,
+        "shard": index,
+        "shards": count,
+    }
+    schema = prediction_schema(source.has_label, config.probabilities, metadata)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    shard = source.open_shard(index, count, config.block_bytes, config.gzip_block_rows)
+    tally = _RejectTally()
+    try:
+        rows_read, predicted, rejected = _write_shard(
+            config, source, engine, schema, shard, tally, limit, index, progress
         )
-        marker.write(out_dir)
+    except _OverLimit as over:
+        summary = _over_limit_summary(source, over, limit, tally)
+        progress(f"{label}: {summary}")
+        return ShardResult(
+            index=index,
+            shards=count,
+            status="over-limit",
+            rows_read=over.rows_read,
+            predicted=0,
+            rejected=over.rejected,
+            seconds=round(time.perf_counter() - started, 3),
+            rows_per_second=0.0,
+            peak_rss_bytes=peak_rss_bytes(),
+            part=part,
+            summary=summary,
+        )
+    seconds = time.perf_counter() - started
+    marker = ShardMarker(
+        **metadata,
+        **shard.cut,
+        **source.identity(),
+        input_bytes=source.size,
+        probabilities=config.probabilities,
+        rows_read=rows_read,
+        predicted=predicted,
+        rejected=rejected,
+        max_rejects=str(limit),
+        reject_limit=limit.allowed(rows_read),
+        part=part.name,
+        part_sha256=sha256_file(part),
+        rejects=rejects_name(index, count),
+        rejects_sha256=sha256_file(out_dir / rejects_name(index, count)),
+        seconds=round(seconds, 3),
+        cpu_seconds=round(time.process_time() - cpu_started, 3),  # every thread's
+        rows_per_second=round(rows_read / seconds, 1) if seconds > 0 else 0.0,
+        peak_rss_bytes=peak_rss_bytes(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        finished=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    marker.write(out_dir)
     progress(
         f"{label}: {marker.rows_read:,} rows, {marker.predicted:,} predicted, "
         f"{marker.rejected:,} rejected (--max-rejects {limit}: {marker.reject_limit:,}) in "
