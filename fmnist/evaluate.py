@@ -19,13 +19,18 @@ import pandas as pd
 
 from fmnist.data import CLASS_NAMES, load_dataset, to_model_input
 from fmnist.engines import check_variant, create_engine, predict_in_batches, variant_artifact
-from fmnist.engines.int8_check import MEAN_ABS_DP_COLUMN
+from fmnist.engines.int8_check import GAINED_COLUMN, LOST_COLUMN, MEAN_ABS_DP_COLUMN
 from fmnist.engines.keras import prepare_process, required_env, run_with_setting
 from fmnist.engines.openvino import VariantUnsupported
 from fmnist.io import FmnistError, RunLayout, update_manifest, write_parquet_atomic
 from fmnist.jobenv import record_job
 from fmnist.plots import plot_confusion_matrix
-from fmnist.probabilities import cross_entropy, mean_abs_difference, mean_confidence
+from fmnist.probabilities import (
+    correctness_flips,
+    cross_entropy,
+    mean_abs_difference,
+    mean_confidence,
+)
 
 NUM_CLASSES = len(CLASS_NAMES)
 # bf16 and int8 are compared with f32 on the same images (mean |Δp|, and in the report
@@ -49,6 +54,19 @@ class Evaluation:
     executed_precision: str
     mean_confidence: float = float("nan")  # mean top-1 probability
     mean_abs_dp_vs_f32: float = float("nan")  # mean |p - p_openvino-f32|; NaN: not compared
+    # Images openvino-f32 classifies right and this variant wrong, and the reverse (the
+    # paired accuracy test of the INT8 check); None: not compared.
+    flips_vs_f32: tuple[int, int] | None = None
+
+    @property
+    def lost_vs_f32(self) -> float:
+        """Images f32 gets right and this variant wrong (NaN: not compared)."""
+        return float("nan") if self.flips_vs_f32 is None else self.flips_vs_f32[0]
+
+    @property
+    def gained_vs_f32(self) -> float:
+        """Images this variant gets right and f32 wrong (NaN: not compared)."""
+        return float("nan") if self.flips_vs_f32 is None else self.flips_vs_f32[1]
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int = NUM_CLASSES) -> np.ndarray:
@@ -111,7 +129,8 @@ def evaluate_probabilities(
 ) -> Evaluation:
     """All metrics from an engine's probabilities and the true labels.
 
-    ``reference``: openvino-f32's probabilities on the same images, for mean |Δp|.
+    ``reference``: openvino-f32's probabilities on the same images, for mean |Δp| and
+    the images each gets right that the other does not.
     """
     predictions = probabilities.argmax(axis=1)
     matrix = confusion_matrix(labels, predictions)
@@ -128,6 +147,9 @@ def evaluate_probabilities(
         mean_confidence=mean_confidence(probabilities),
         mean_abs_dp_vs_f32=(
             float("nan") if reference is None else mean_abs_difference(probabilities, reference)
+        ),
+        flips_vs_f32=(
+            None if reference is None else correctness_flips(probabilities, reference, labels)
         ),
     )
 
@@ -155,6 +177,9 @@ def classification_report(evaluation: Evaluation) -> str:
     ]
     if not np.isnan(evaluation.mean_abs_dp_vs_f32):
         lines.append(f"Mean |Δp| vs {F32_REFERENCE}: {evaluation.mean_abs_dp_vs_f32:.4f}")
+    if evaluation.flips_vs_f32 is not None:
+        lost, gained = evaluation.flips_vs_f32
+        lines.append(f"Images vs {F32_REFERENCE}: {lost} lost, {gained} gained")
     return "\n".join(lines)
 
 
@@ -167,6 +192,8 @@ def metrics_frame(evaluation: Evaluation) -> pd.DataFrame:
     frame["loss"] = evaluation.loss
     frame["mean_confidence"] = evaluation.mean_confidence
     frame[MEAN_ABS_DP_COLUMN] = evaluation.mean_abs_dp_vs_f32
+    frame[LOST_COLUMN] = evaluation.lost_vs_f32
+    frame[GAINED_COLUMN] = evaluation.gained_vs_f32
     frame["images"] = evaluation.images
     frame["seconds"] = evaluation.seconds
     frame["executed_precision"] = evaluation.executed_precision
@@ -206,6 +233,8 @@ def write_evaluation(evaluation: Evaluation, run: Path | str) -> dict[str, Path]
             "loss": evaluation.loss,
             "mean_confidence": evaluation.mean_confidence,
             MEAN_ABS_DP_COLUMN: _json_number(evaluation.mean_abs_dp_vs_f32),
+            LOST_COLUMN: _json_number(evaluation.lost_vs_f32),
+            GAINED_COLUMN: _json_number(evaluation.gained_vs_f32),
             "images": evaluation.images,
             "executed_precision": evaluation.executed_precision,
         },

@@ -28,3 +28,19 @@ def mean_abs_difference(probabilities: np.ndarray, reference: np.ndarray) -> flo
     if probabilities.shape != reference.shape:
         raise ValueError(f"probabilities {probabilities.shape} against {reference.shape}")
     return float(np.mean(np.abs(probabilities.astype(np.float64) - reference)))
+
+
+def correctness_flips(
+    probabilities: np.ndarray, reference: np.ndarray, labels: np.ndarray
+) -> tuple[int, int]:
+    """Images the reference classifies right and these probabilities wrong, and the reverse.
+
+    The paired view of an accuracy change: only the images the two engines disagree on
+    carry it, so these two counts say whether a change is more than chance.
+    """
+    if probabilities.shape != reference.shape:
+        raise ValueError(f"probabilities {probabilities.shape} against {reference.shape}")
+    labels = np.asarray(labels)
+    right = probabilities.argmax(axis=1) == labels
+    reference_right = reference.argmax(axis=1) == labels
+    return int(np.sum(reference_right & ~right)), int(np.sum(right & ~reference_right))

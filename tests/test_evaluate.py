@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fmnist.engines.int8_check import MEAN_ABS_DP_COLUMN
+from fmnist.engines.int8_check import GAINED_COLUMN, LOST_COLUMN, MEAN_ABS_DP_COLUMN
 from fmnist.evaluate import (
     classification_report,
     confusion_matrix,
@@ -70,8 +70,19 @@ def test_confidence_and_agreement_with_f32_in_the_metrics():
     assert frame["mean_confidence"].iloc[0] == pytest.approx(0.55)
     assert frame[MEAN_ABS_DP_COLUMN].iloc[0] == pytest.approx(0.005)
     assert "Mean |Δp| vs openvino-f32: 0.0050" in classification_report(evaluation)
+    # Both miss image 3 (label 0, predicted 3): no image flips either way.
+    assert evaluation.flips_vs_f32 == (0, 0)
+    reference[1, 1], reference[1, 7] = 0.05, 0.55  # f32 misses image 1, int8 gets it
+    flipped = evaluate_probabilities(
+        probabilities, labels, "m", "openvino-int8", reference=reference
+    )
+    assert flipped.flips_vs_f32 == (0, 1)
+    assert metrics_frame(flipped)[[LOST_COLUMN, GAINED_COLUMN]].iloc[0].tolist() == [0, 1]
+    assert "Images vs openvino-f32: 0 lost, 1 gained" in classification_report(flipped)
     # Without a reference there is nothing to compare: NaN, and no line in the report.
     alone = evaluate_probabilities(probabilities, labels, "m", "keras-predict")
     assert np.isnan(metrics_frame(alone)[MEAN_ABS_DP_COLUMN].iloc[0])
     assert "Mean confidence: 0.5500" in classification_report(alone)
     assert "Mean |Δp|" not in classification_report(alone)
+    assert np.isnan(metrics_frame(alone)[LOST_COLUMN].iloc[0])
+    assert "lost" not in classification_report(alone)
