@@ -12,7 +12,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # The ISA extensions that decide which kernels oneDNN and OpenVINO can use.
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+ISA_FLAGS = (
+    "avx2",
+    "avx_vnni",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+)
+# Flags of an int8 dot-product instruction (VNNI's vpdpbusd, AMX's tiles): these add
+# u8 x s8 products straight into 32 bits. Without them, AVX2's vpmaddubsw adds pairs of
+# products into 16 bits, which saturate when both bytes use their whole range.
+INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 LIBRARIES = (
     "tensorflow",
     "tensorflow-cpu",
@@ -54,6 +67,20 @@ def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
         elif key == "flags" and not flags:
             flags = set(value.split())
     return model, flags
+
+
+def cpu_flags() -> set[str]:
+    """The flags of this machine's CPU, as Linux reports them (empty where it cannot)."""
+    try:
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text())[1]
+    except OSError:
+        return set()
+
+
+def has_int8_dot_product(flags: set[str] | None = None) -> bool:
+    """Whether the CPU (``flags``, else this one's) has VNNI or AMX int8 dot products."""
+    flags = cpu_flags() if flags is None else flags
+    return any(flag in flags for flag in INT8_DOT_PRODUCT_FLAGS)
 
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:

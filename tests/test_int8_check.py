@@ -19,7 +19,14 @@ from fmnist.engines.int8_check import (
     Int8Bounds,
     Int8Check,
 )
-from fmnist.engines.optimize import INT8_METHODS, classifier_head, first_acceptable
+from fmnist.engines.optimize import (
+    INT8_METHODS,
+    INT8_METHODS_WITH_DOT_PRODUCT,
+    classifier_head,
+    first_acceptable,
+    int8_methods,
+    nncf_options,
+)
 from fmnist.probabilities import (
     correctness_flips,
     cross_entropy,
@@ -244,6 +251,42 @@ def test_methods_are_tried_in_order_until_one_passes():
     assert model == "ptq+f32-head" and tried == ["ptq", "ptq+f32-head"]
     assert [(a.method, a.accepted) for a in attempts] == [("ptq", False), ("ptq+f32-head", True)]
     assert "mean confidence" in attempts[0].reason
+
+
+def test_the_methods_tried_follow_the_cpu_and_the_graph():
+    assert int8_methods(True, False) == INT8_METHODS
+    assert int8_methods(False, False) == ("ptq", "ptq+accuracy-control")
+    assert int8_methods(True, True) == INT8_METHODS_WITH_DOT_PRODUCT
+    # With int8 dot products: the portable graph first, then the full 8 bits.
+    assert int8_methods(True, True)[:2] == ("ptq", "ptq+8bit-first-layer")
+    assert int8_methods(False, True) == (
+        "ptq",
+        "ptq+8bit-first-layer",
+        "ptq+8bit-first-layer+accuracy-control",
+    )
+
+
+def test_method_names_become_nncf_options():
+    from nncf.quantization.advanced_parameters import OverflowFix
+
+    assert nncf_options("ptq", "scope") == {}
+    assert nncf_options("ptq+f32-head", "scope") == {"ignored_scope": "scope"}
+    assert nncf_options("ptq+f32-head", None) == {}
+    options = nncf_options("ptq+8bit-first-layer+f32-head+accuracy-control", "scope")
+    assert options["ignored_scope"] == "scope"
+    assert options["advanced_parameters"].overflow_fix == OverflowFix.DISABLE
+    for unknown in ("ptq+bias-correction", "f32-head", ""):
+        with pytest.raises(ValueError, match="unknown INT8 method"):
+            nncf_options(unknown, None)
+
+
+def test_int8_dot_product_flags():
+    from fmnist.system import has_int8_dot_product
+
+    assert not has_int8_dot_product({"avx2", "avx512f", "avx512_bf16"})  # Skylake-SP, AVX2
+    assert has_int8_dot_product({"avx2", "avx512f", "avx512_vnni"})  # Cascade Lake on
+    assert has_int8_dot_product({"avx2", "avx_vnni"})  # Alder Lake
+    assert has_int8_dot_product({"amx_int8"})
 
 
 def test_when_nothing_passes_the_last_method_is_kept_and_marked():

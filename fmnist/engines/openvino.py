@@ -25,6 +25,7 @@ from fmnist.engines.registry import (
     variant_artifact,
 )
 from fmnist.io import FmnistError, RunLayout
+from fmnist.system import has_int8_dot_product
 
 INPUT_SHAPE = (28, 28, 1)
 # Execution precision asked of the plugin for each variant (the IR each reads is the
@@ -75,12 +76,29 @@ def read_ir(xml: Path):
         raise FmnistError(f"{xml}: cannot read OpenVINO IR ({first_line})") from exc
 
 
+# Where an INT8 IR says it needs int8 dot products (VNNI or AMX): its first layer keeps
+# full 8-bit weights, whose products AVX2's 16-bit pair sums can saturate.
+NEEDS_INT8_DOT_PRODUCT = ["fmnist", "needs_int8_dot_product"]
+
+
+def mark_needs_int8_dot_product(model) -> None:
+    """Record in an IR that only CPUs with VNNI or AMX run it as it was checked."""
+    model.set_rt_info("true", NEEDS_INT8_DOT_PRODUCT)
+
+
+def needs_int8_dot_product(model) -> bool:
+    """Whether an IR was marked by :func:`mark_needs_int8_dot_product`."""
+    if not model.has_rt_info(NEEDS_INT8_DOT_PRODUCT):
+        return False
+    return str(model.get_rt_info(NEEDS_INT8_DOT_PRODUCT).astype(str)).lower() == "true"
+
+
 def compile_ir(xml: Path, precision: str, mode: str, batch: int | None = None):
     """Compile an IR for the CPU with explicit precision and performance hints.
 
     ``batch`` fixes the (dynamic) batch dimension for this compilation. A bf16 request
     on a CPU the plugin does not run bf16 on raises VariantUnsupported instead of
-    quietly running f32.
+    quietly running f32, and so does an INT8 IR that needs VNNI or AMX on a CPU without.
     """
     if precision == "bf16" and "BF16" not in cpu_capabilities():
         raise VariantUnsupported(
@@ -88,6 +106,12 @@ def compile_ir(xml: Path, precision: str, mode: str, batch: int | None = None):
             f"OpenVINO capabilities are {', '.join(cpu_capabilities())}"
         )
     model = read_ir(xml)
+    if needs_int8_dot_product(model) and not has_int8_dot_product():
+        raise VariantUnsupported(
+            f"{xml}: this INT8 IR keeps 8-bit weights in its first layer, checked for CPUs "
+            "with VNNI or AMX; this CPU has neither, and its int8 products can saturate "
+            "(run 'fmnist-batch optimize --int8' on this node type)"
+        )
     if batch is not None:
         model.reshape([batch, *INPUT_SHAPE])
     config = {
