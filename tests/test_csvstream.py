@@ -175,6 +175,7 @@ def test_check_row_values_and_reasons():
         "inf": ("non_integer", "not an integer"),
         "+5": ("non_integer", "not written as a plain number"),
         "1e0": ("non_integer", "not written as a plain number"),
+        "1e1": ("label_out_of_range", "label is 1e1, outside 0-9"),  # the value decides
         "5.5": ("fractional", "label is 5.5, fractional"),
         '"7': ("non_integer", "label is '\"7'"),
         '"7"8': ("non_integer", "not an integer"),
@@ -187,8 +188,17 @@ def test_check_row_values_and_reasons():
     assert (kind, reason) == ("over_255", "pixel5 is 300, above 255")
     _, kind, reason = check(",".join(good[:5] + ["255.5"] + good[6:]).encode(), True)
     assert (kind, reason) == ("fractional", "pixel5 is 255.5, fractional")
-    _, kind, reason = check(",".join(good[:5] + ["256.0"] + good[6:]).encode(), True)
-    assert (kind, reason) == ("over_255", "pixel5 is 256.0, above 255")
+    pixels = {
+        "256.0": ("over_255", "pixel5 is 256.0, above 255"),
+        # Out of range however it is written: writing 1000 plainly would not help.
+        "1e3": ("over_255", "pixel5 is 1e3, above 255"),
+        "+300": ("over_255", "pixel5 is +300, above 255"),
+        "1e1": ("non_integer", "pixel5 is '1e1', not written as a plain number"),
+        "9" * 400: ("over_255", f"pixel5 is {'9' * 20}..., above 255"),
+    }
+    for pixel, expected in pixels.items():
+        _, kind, reason = check(",".join(good[:5] + [pixel] + good[6:]).encode(), True)
+        assert (kind, reason) == expected, pixel
 
 
 def test_quoted_fields_are_values():
