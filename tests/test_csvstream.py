@@ -25,6 +25,7 @@ from fmnist.scoring.csv_input import byte_range as shard_range
 from fmnist.scoring.csv_parse import SPECIAL, Block, _fast, parse_block
 from fmnist.scoring.csv_parse import check_row as check
 from fmnist.scoring.inputs import input_fingerprint
+from fmnist.scoring.rows import join_blocks
 
 ROWS = 120
 
@@ -51,20 +52,9 @@ def write(path, text, compress=False):
 
 def read_all(csv, block_bytes=1 << 20):
     """Every block of a plain file parsed: (row ids, pixels, labels, rejects)."""
-    ids, pixels, labels, rejects = [], [], [], []
-    for block in iter_range_blocks(csv, csv.data_start, csv.size, 0, block_bytes):
-        parsed = parse_block(block, csv)
-        ids.append(parsed.row_ids)
-        pixels.append(parsed.pixels)
-        if parsed.labels is not None:
-            labels.append(parsed.labels)
-        rejects.extend(parsed.rejects)
-    return (
-        np.concatenate(ids),
-        np.concatenate(pixels),
-        np.concatenate(labels) if labels else None,
-        rejects,
-    )
+    blocks = iter_range_blocks(csv, csv.data_start, csv.size, 0, block_bytes)
+    parsed = join_blocks([parse_block(block, csv) for block in blocks])
+    return parsed.row_ids, parsed.pixels, parsed.labels, parsed.rejects
 
 
 # --------------------------------------------------------------------------- layouts

@@ -27,7 +27,14 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from fmnist.data import CSV_HEADER, PIXELS
-from fmnist.scoring.rows import ParsedBlock, Reject, highest, number_problem, valid_values
+from fmnist.scoring.rows import (
+    ParsedBlock,
+    Reject,
+    highest,
+    join_blocks,
+    number_problem,
+    valid_values,
+)
 
 
 class CsvInput(Protocol):
@@ -319,12 +326,4 @@ def _parse(
 
 def parse_block(block: Block, csv: CsvInput) -> ParsedBlock:
     """Valid rows of ``block`` as arrays, and a :class:`Reject` for every other row."""
-    parts = _parse(block.data, block.first_row, block.rows, csv, block.maybe)
-    if len(parts) == 1:
-        return parts[0]
-    return ParsedBlock(
-        row_ids=np.concatenate([p.row_ids for p in parts]),
-        pixels=np.concatenate([p.pixels for p in parts]),
-        labels=np.concatenate([p.labels for p in parts]) if csv.has_label else None,
-        rejects=[r for p in parts for r in p.rejects],
-    )
+    return join_blocks(_parse(block.data, block.first_row, block.rows, csv, block.maybe))

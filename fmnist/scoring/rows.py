@@ -51,6 +51,19 @@ class ParsedBlock:
         return len(self.row_ids) + len(self.rejects)
 
 
+def join_blocks(parts: list[ParsedBlock]) -> ParsedBlock:
+    """One block of ``parts`` in their order (at least one; all with labels or none)."""
+    if len(parts) == 1:
+        return parts[0]
+    labels = [p.labels for p in parts]
+    return ParsedBlock(
+        row_ids=np.concatenate([p.row_ids for p in parts]),
+        pixels=np.concatenate([p.pixels for p in parts]),
+        labels=None if labels[0] is None else np.concatenate(labels),
+        rejects=[r for p in parts for r in p.rejects],
+    )
+
+
 def reject_position(path, reject: Reject) -> str:
     """``FILE:LINE`` for a text input, ``FILE: row R`` for one without lines."""
     if reject.line is None:
