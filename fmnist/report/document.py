@@ -36,9 +36,7 @@ def format_value(value: float | None, unit: str) -> str:
         return f"{value:.1f} ms" if value >= 100 else f"{value:.3g} ms"
     if unit == "s":
         return f"{value:,.0f} s" if value >= 100 else f"{value:.1f} s"
-    if unit == "count":
-        return f"{value:,.0f}"
-    if unit == "rate":
+    if unit in ("count", "rate"):
         return f"{value:,.0f}"
     if unit == "x":
         return f"{value:,.1f}×" if value >= 100 else f"{value:.2f}×"
