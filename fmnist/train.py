@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from fmnist.architectures import create_model, get_architecture
-from fmnist.data import load_dataset, to_model_input, train_validation_split
+from fmnist.data import Split, load_dataset, to_model_input, train_validation_split
 from fmnist.io import (
     FmnistError,
     RunLayout,
@@ -310,14 +311,31 @@ def train_model(
     config: TrainConfig, run: Path | str, progress: Callable[[str], None] = print
 ) -> TrainResult:
     """Train ``config.model`` into ``run``, resuming an interrupted run of the same config."""
-    import keras
-
     get_architecture(config.model)  # fail on an unknown name before loading data
     recipe = config.resolved_recipe()
     layout = RunLayout(Path(run))
     checkpoint = _checkpoint_dir(layout, config.model)
     checkpoint.mkdir(parents=True, exist_ok=True)
+    splits = _splits(config)
+    start = _start(config, recipe, checkpoint, progress)
+    started = time.perf_counter()
+    if start.epoch < config.epochs:
+        _fit(start, config, recipe, splits, checkpoint, progress)
+    if recipe.restore_best and (checkpoint / "best.weights.h5").exists():
+        start.model.load_weights(checkpoint / "best.weights.h5")
+    result = _write_model(layout, config.model, start, started)
+    entry = _manifest_entry(config, recipe, splits, result)
+    update_manifest(layout.root, "models", config.model, entry)
+    record_job(layout.root, f"train {config.model}")
+    if start.epoch < config.epochs:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    # Else this call only wrote out a run stopped early (--epochs <= epochs done): the
+    # checkpoint stays, so running again with a larger --epochs continues training.
+    return result
 
+
+def _splits(config: TrainConfig) -> tuple[Split, Split]:
+    """The training and validation splits of ``config`` (``limit`` cuts both)."""
     dataset = load_dataset(config.data_dir)
     train_split, val_split = train_validation_split(
         dataset.train, config.validation_fraction, config.seed
@@ -325,85 +343,120 @@ def train_model(
     if config.limit:
         train_split = train_split.head(config.limit)
         val_split = val_split.head(max(500, config.limit // 9))
-    x_train, x_val = to_model_input(train_split.images), to_model_input(val_split.images)
-    y_train, y_val = _targets(train_split.labels, recipe), _targets(val_split.labels, recipe)
+    return train_split, val_split
+
+
+@dataclass
+class _Start:
+    """Where a run starts: a fresh model, or the last checkpoint of an interrupted run."""
+
+    model: Any
+    epoch: int  # epochs finished before this call
+    rows: list[dict]  # their history rows; the epoch recorder appends to this list
+    best: dict  # the best validation epoch so far ("acc", "epoch"), for restore_best
+
+
+def _start(
+    config: TrainConfig, recipe: Recipe, checkpoint: Path, progress: Callable[[str], None]
+) -> _Start:
+    """Resume from ``checkpoint`` or start afresh, with the random seed of that start point.
+
+    The config is written beside the checkpoint, for a later resume to compare with.
+    """
+    import keras
 
     state = _checkpoint_state(checkpoint, config)
-    start_epoch = state["epoch"] if state else 0
-    keras.utils.set_random_seed(resume_seed(config.seed, start_epoch))
+    epoch = state["epoch"] if state else 0
+    # Seeded before the model is loaded or built: its initial weights draw from it.
+    keras.utils.set_random_seed(resume_seed(config.seed, epoch))
     model = keras.models.load_model(checkpoint / "last.keras") if state else None
     write_json_atomic(checkpoint / "config.json", asdict(config))
-    rows: list[dict] = list(state["rows"]) if state else []
-    best: dict = dict(state.get("best") or {}) if state else {}
-    if model is None:
-        model = create_model(config.model)
-        apply_batch_norm_momentum(model, recipe)
-        _compile(model, recipe)
-    else:
-        progress(f"resuming {config.model} after epoch {start_epoch}/{config.epochs}")
+    if state is None:
+        return _Start(_new_model(config.model, recipe), 0, [], {})
+    progress(f"resuming {config.model} after epoch {epoch}/{config.epochs}")
+    return _Start(model, epoch, list(state["rows"]), dict(state.get("best") or {}))
 
+
+def _new_model(name: str, recipe: Recipe):
+    """A freshly built network, compiled with the recipe's loss and optimizer."""
+    model = create_model(name)
+    apply_batch_norm_momentum(model, recipe)
+    _compile(model, recipe)
+    return model
+
+
+def _fit(
+    start: _Start,
+    config: TrainConfig,
+    recipe: Recipe,
+    splits: tuple[Split, Split],
+    checkpoint: Path,
+    progress: Callable[[str], None],
+) -> None:
+    """Train from ``start.epoch`` to ``config.epochs``, checkpointing after every epoch."""
+    import keras
+
+    train_split, val_split = splits
+    x_train, x_val = to_model_input(train_split.images), to_model_input(val_split.images)
+    y_train, y_val = _targets(train_split.labels, recipe), _targets(val_split.labels, recipe)
     callbacks = [
         keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(recipe, epoch)),
-        _EpochRecorder(checkpoint, rows, recipe, config.epochs, progress, best),
+        _EpochRecorder(checkpoint, start.rows, recipe, config.epochs, progress, start.best),
     ]
     if config.patience:
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience)
         )
+    start.model.fit(
+        **training_data(x_train, y_train, config, start.epoch),
+        epochs=config.epochs,
+        initial_epoch=start.epoch,
+        validation_data=(x_val, y_val),
+        callbacks=callbacks,
+        verbose=0,
+    )
 
-    started = time.perf_counter()
-    if start_epoch < config.epochs:
-        fit_args = training_data(x_train, y_train, config, start_epoch)
-        model.fit(
-            **fit_args,
-            epochs=config.epochs,
-            initial_epoch=start_epoch,
-            validation_data=(x_val, y_val),
-            callbacks=callbacks,
-            verbose=0,
-        )
-    if recipe.restore_best and (checkpoint / "best.weights.h5").exists():
-        model.load_weights(checkpoint / "best.weights.h5")
 
-    history = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
-    model_path = layout.keras_model(config.model)
-    save_atomic(model_path, model.save)
-    write_parquet_atomic(layout.history(config.model), history)
+def _write_model(layout: RunLayout, model: str, start: _Start, started: float) -> TrainResult:
+    """Write the trained model, its history and its training curves; what the run produced.
+
+    The wall time is the epochs' own; a run that trained no epoch counts from ``started``.
+    """
+    history = pd.DataFrame(start.rows, columns=HISTORY_COLUMNS)
+    model_path = layout.keras_model(model)
+    save_atomic(model_path, start.model.save)
+    write_parquet_atomic(layout.history(model), history)
     wall = float(history["seconds"].sum()) if len(history) else time.perf_counter() - started
 
     from fmnist.plots import plot_training_curves
 
-    plot_training_curves(history, config.model, layout.figures_dir / f"{config.model}__curves.png")
-    result = TrainResult(
+    plot_training_curves(history, model, layout.figures_dir / f"{model}__curves.png")
+    return TrainResult(
         model_path=model_path,
         history=history,
         wall_seconds=wall,
         sha256=sha256_file(model_path),
-        resumed_from_epoch=start_epoch,
-        best_epoch=best.get("epoch"),
+        resumed_from_epoch=start.epoch,
+        best_epoch=start.best.get("epoch"),
     )
-    update_manifest(
-        layout.root,
-        "models",
-        config.model,
-        {
-            "config": asdict(config),
-            "recipe": asdict(recipe),
-            "train_images": len(train_split),
-            "validation_images": len(val_split),
-            "epochs_run": len(history),
-            "best_epoch": result.best_epoch,
-            "wall_seconds": round(wall, 2),
-            "keras_sha256": result.sha256,
-            "resumed_from_epoch": start_epoch,
-        },
-    )
-    record_job(layout.root, f"train {config.model}")
-    if start_epoch < config.epochs:
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    # Else this call only wrote out a run stopped early (--epochs <= epochs done): the
-    # checkpoint stays, so running again with a larger --epochs continues training.
-    return result
+
+
+def _manifest_entry(
+    config: TrainConfig, recipe: Recipe, splits: tuple[Split, Split], result: TrainResult
+) -> dict:
+    """What the manifest records of a training run, under ``models/<model>``."""
+    train_split, val_split = splits
+    return {
+        "config": asdict(config),
+        "recipe": asdict(recipe),
+        "train_images": len(train_split),
+        "validation_images": len(val_split),
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "wall_seconds": round(result.wall_seconds, 2),
+        "keras_sha256": result.sha256,
+        "resumed_from_epoch": result.resumed_from_epoch,
+    }
 
 
 def train_summary(model: str, result: TrainResult) -> str:

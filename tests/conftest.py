@@ -280,3 +280,63 @@ def images_parquet(dataset):
         return path
 
     return write
+
+
+# --------------------------------------------------------------------------- scoring
+
+SCORE_ROWS = 300  # rows of the scoring tests' sample input
+SCORE_MODEL = "backup1"  # the model the scoring tests score with
+
+
+@pytest.fixture(scope="session")
+def sample_csv(real_csv_factory):
+    """The first ``SCORE_ROWS`` real test images as Kaggle CSV (read-only)."""
+    return real_csv_factory(SCORE_ROWS)
+
+
+@pytest.fixture(scope="session")
+def reference(trained_run, dataset):
+    """The probabilities keras-predict gives for the images of ``sample_csv``."""
+    from fmnist.data import to_model_input
+    from fmnist.engines import create_engine
+
+    engine = create_engine(trained_run, SCORE_MODEL, "keras-predict", mode="throughput")
+    return engine.predict(to_model_input(dataset.test.images[:SCORE_ROWS]))
+
+
+def score_args(source, run, out, *extra) -> list[str]:
+    """The arguments of ``fmnist-batch score``: ``source`` with the scoring tests' model."""
+    argv = ["score", str(source), "--run", str(run), "--model", SCORE_MODEL]
+    return [*argv, "--variant", "keras-predict", "--out", str(out), *map(str, extra)]
+
+
+def read_parts(directory: Path, count: int):
+    """The ``count`` prediction parts of a scoring output, one frame in shard order."""
+    import pandas as pd
+
+    from fmnist.scoring.shards import part_name
+
+    frames = [pd.read_parquet(directory / part_name(i, count)) for i in range(count)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_rejects(directory: Path, count: int):
+    """The ``count`` rejects files of a scoring output, one frame in shard order."""
+    import pandas as pd
+
+    from fmnist.scoring.shards import rejects_name
+
+    frames = [pd.read_parquet(directory / rejects_name(i, count)) for i in range(count)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def check_predictions(frame, reference, rows) -> None:
+    """``frame`` predicts exactly ``rows`` (row ids), as ``reference`` probabilities do."""
+    import numpy as np
+
+    from fmnist.data import CLASS_NAMES
+
+    assert np.array_equal(frame["row_id"], rows)
+    assert np.array_equal(frame["pred"], reference[rows].argmax(axis=1))
+    assert list(frame["pred_name"]) == [CLASS_NAMES[p] for p in frame["pred"]]
+    np.testing.assert_allclose(frame["confidence"], reference[rows].max(axis=1), atol=1e-5)

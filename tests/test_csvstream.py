@@ -25,6 +25,7 @@ from fmnist.scoring.csv_input import byte_range as shard_range
 from fmnist.scoring.csv_parse import SPECIAL, Block, _fast, parse_block
 from fmnist.scoring.csv_parse import check_row as check
 from fmnist.scoring.inputs import input_fingerprint
+from fmnist.scoring.rows import join_blocks
 
 ROWS = 120
 
@@ -51,20 +52,9 @@ def write(path, text, compress=False):
 
 def read_all(csv, block_bytes=1 << 20):
     """Every block of a plain file parsed: (row ids, pixels, labels, rejects)."""
-    ids, pixels, labels, rejects = [], [], [], []
-    for block in iter_range_blocks(csv, csv.data_start, csv.size, 0, block_bytes):
-        parsed = parse_block(block, csv)
-        ids.append(parsed.row_ids)
-        pixels.append(parsed.pixels)
-        if parsed.labels is not None:
-            labels.append(parsed.labels)
-        rejects.extend(parsed.rejects)
-    return (
-        np.concatenate(ids),
-        np.concatenate(pixels),
-        np.concatenate(labels) if labels else None,
-        rejects,
-    )
+    blocks = iter_range_blocks(csv, csv.data_start, csv.size, 0, block_bytes)
+    parsed = join_blocks([parse_block(block, csv) for block in blocks])
+    return parsed.row_ids, parsed.pixels, parsed.labels, parsed.rejects
 
 
 # --------------------------------------------------------------------------- layouts
@@ -175,6 +165,7 @@ def test_check_row_values_and_reasons():
         "inf": ("non_integer", "not an integer"),
         "+5": ("non_integer", "not written as a plain number"),
         "1e0": ("non_integer", "not written as a plain number"),
+        "1e1": ("label_out_of_range", "label is 1e1, outside 0-9"),  # the value decides
         "5.5": ("fractional", "label is 5.5, fractional"),
         '"7': ("non_integer", "label is '\"7'"),
         '"7"8': ("non_integer", "not an integer"),
@@ -187,8 +178,17 @@ def test_check_row_values_and_reasons():
     assert (kind, reason) == ("over_255", "pixel5 is 300, above 255")
     _, kind, reason = check(",".join(good[:5] + ["255.5"] + good[6:]).encode(), True)
     assert (kind, reason) == ("fractional", "pixel5 is 255.5, fractional")
-    _, kind, reason = check(",".join(good[:5] + ["256.0"] + good[6:]).encode(), True)
-    assert (kind, reason) == ("over_255", "pixel5 is 256.0, above 255")
+    pixels = {
+        "256.0": ("over_255", "pixel5 is 256.0, above 255"),
+        # Out of range however it is written: writing 1000 plainly would not help.
+        "1e3": ("over_255", "pixel5 is 1e3, above 255"),
+        "+300": ("over_255", "pixel5 is +300, above 255"),
+        "1e1": ("non_integer", "pixel5 is '1e1', not written as a plain number"),
+        "9" * 400: ("over_255", f"pixel5 is {'9' * 20}..., above 255"),
+    }
+    for pixel, expected in pixels.items():
+        _, kind, reason = check(",".join(good[:5] + [pixel] + good[6:]).encode(), True)
+        assert (kind, reason) == expected, pixel
 
 
 def test_quoted_fields_are_values():

@@ -11,30 +11,22 @@ from fmnist.data import PIXELS
 from fmnist.io import FmnistError
 from fmnist.scoring.inputs import open_input
 from fmnist.scoring.parquet_input import BLOCK_BYTES_PER_ROW, ParquetInput
+from fmnist.scoring.rows import join_blocks
 
 ROWS = 200
 
 
 def read_shards(source, count, block_bytes=16 << 20):
     """Every shard's blocks: (row ids, pixels, labels, rejects, cuts) in shard order."""
-    ids, pixels, labels, rejects, cuts = [], [], [], [], []
+    blocks, cuts = [], []
     for index in range(count):
         shard = source.open_shard(index, count, block_bytes, 0)
         cuts.append(shard.cut)
         for block in shard.blocks:
             assert block.rows <= block_bytes // BLOCK_BYTES_PER_ROW  # streamed, never whole
-            ids.append(block.row_ids)
-            pixels.append(block.pixels)
-            if block.labels is not None:
-                labels.append(block.labels)
-            rejects.extend(block.rejects)
-    return (
-        np.concatenate(ids),
-        np.concatenate(pixels),
-        np.concatenate(labels) if labels else None,
-        rejects,
-        cuts,
-    )
+            blocks.append(block)
+    parsed = join_blocks(blocks)
+    return parsed.row_ids, parsed.pixels, parsed.labels, parsed.rejects, cuts
 
 
 LAYOUTS = [

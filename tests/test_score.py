@@ -16,10 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import SCORE_MODEL as MODEL
+from conftest import SCORE_ROWS as ROWS
+from conftest import check_predictions, read_parts, read_rejects, score_args
 
 from fmnist.cli import main
-from fmnist.data import CLASS_NAMES, CSV_HEADER, to_model_input
-from fmnist.engines import create_engine
+from fmnist.data import CSV_HEADER, to_model_input
 from fmnist.io import FmnistError, RunLayout, write_parquet_atomic
 from fmnist.jobenv import require_array_index
 from fmnist.scoring.csv_input import byte_range, inspect_csv
@@ -42,22 +44,6 @@ from fmnist.scoring.shards import (
 )
 from fmnist.scoring.verify import merge_parts, verify_predictions
 
-ROWS = 300
-MODEL = "backup1"
-
-
-@pytest.fixture(scope="module")
-def sample_csv(real_csv_factory):
-    """Real test-split rows written by `fmnist-batch data to-csv`."""
-    return real_csv_factory(ROWS)
-
-
-@pytest.fixture(scope="module")
-def reference(trained_run, dataset):
-    """Probabilities of the engine itself on the same images."""
-    engine = create_engine(trained_run, MODEL, "keras-predict", mode="throughput")
-    return engine.predict(to_model_input(dataset.test.images[:ROWS]))
-
 
 def config_for(run, source, out, shards=1, **extra) -> ScoreConfig:
     return ScoreConfig(
@@ -74,20 +60,6 @@ def config_for(run, source, out, shards=1, **extra) -> ScoreConfig:
 def score(run, source, out, shards=1, **extra):
     config = config_for(run, source, out, shards, **extra)
     return score_shards(config, list(range(shards)), progress=lambda message: None)
-
-
-def read_parts(directory, count):
-    return pd.concat(
-        [pd.read_parquet(directory / part_name(i, count)) for i in range(count)],
-        ignore_index=True,
-    )
-
-
-def check_predictions(frame, reference, rows):
-    assert np.array_equal(frame["row_id"], rows)
-    assert np.array_equal(frame["pred"], reference[rows].argmax(axis=1))
-    assert list(frame["pred_name"]) == [CLASS_NAMES[p] for p in frame["pred"]]
-    np.testing.assert_allclose(frame["confidence"], reference[rows].max(axis=1), atol=1e-5)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -164,7 +136,7 @@ def test_bad_rows_are_rejected_next_to_the_part_and_accounted(
     out = tmp_path / "out"
     results = score(trained_run, source, out, shards=2, max_rejects="3%")
     assert sum(r.rejected for r in results) == len(bad)
-    rejects = pd.concat([pd.read_parquet(out / rejects_name(i, 2)) for i in range(2)])
+    rejects = read_rejects(out, 2)
     assert dict(zip(rejects["row_id"], rejects["kind"], strict=True)) == bad
     assert list(rejects["line"]) == [row + 2 for row in bad]
     lines = source.read_text().splitlines()
@@ -468,8 +440,7 @@ def test_default_output_directory():
 def test_cli_score_shards_then_verify_and_merge(tmp_path, trained_run, sample_csv):
     runner = CliRunner()
     out = tmp_path / "cli"
-    common = ["score", str(sample_csv), "--run", str(trained_run), "--model", MODEL]
-    common += ["--variant", "keras-predict", "--out", str(out)]
+    common = score_args(sample_csv, trained_run, out)
     result = runner.invoke(main, [*common, "--shard", "0/2"])
     assert result.exit_code == 0, result.output
     assert "shard 0/2 scored" in result.stdout
@@ -509,10 +480,7 @@ def test_cli_errors_are_one_line(tmp_path, trained_run, sample_csv):
 
 
 def score_argv(source, run, out, *extra):
-    return [
-        sys.executable, "-m", "fmnist", "score", str(source), "--run", str(run),
-        "--model", MODEL, "--variant", "keras-predict", "--out", str(out), *extra,
-    ]  # fmt: skip
+    return [sys.executable, "-m", "fmnist", *score_args(source, run, out, *extra)]
 
 
 @pytest.mark.slow

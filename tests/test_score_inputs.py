@@ -11,52 +11,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import SCORE_MODEL as MODEL
+from conftest import SCORE_ROWS as ROWS
+from conftest import check_predictions, read_parts, read_rejects, score_args
 
 from fmnist.cli import main
-from fmnist.data import CLASS_NAMES, to_model_input
-from fmnist.engines import create_engine
 from fmnist.io import FmnistError
 from fmnist.scoring.score import ScoreConfig, score_shards
-from fmnist.scoring.shards import marker_name, part_name, rejects_name
+from fmnist.scoring.shards import marker_name, part_name
 from fmnist.scoring.verify import merge_parts, verify_predictions
-
-ROWS = 300
-MODEL = "backup1"
-
-
-@pytest.fixture(scope="module")
-def sample_csv(real_csv_factory):
-    return real_csv_factory(ROWS)
-
-
-@pytest.fixture(scope="module")
-def reference(trained_run, dataset):
-    """Probabilities of the engine itself on the same images."""
-    engine = create_engine(trained_run, MODEL, "keras-predict", mode="throughput")
-    return engine.predict(to_model_input(dataset.test.images[:ROWS]))
 
 
 def cli_score(run, source, out, *extra):
-    argv = ["score", str(source), "--run", str(run), "--model", MODEL]
-    argv += ["--variant", "keras-predict", "--out", str(out), *extra]
-    return CliRunner().invoke(main, argv)
-
-
-def read_parts(directory, count):
-    frames = [pd.read_parquet(directory / part_name(i, count)) for i in range(count)]
-    return pd.concat(frames, ignore_index=True)
-
-
-def read_rejects(directory, count):
-    frames = [pd.read_parquet(directory / rejects_name(i, count)) for i in range(count)]
-    return pd.concat(frames, ignore_index=True)
-
-
-def check_predictions(frame, reference, rows):
-    assert np.array_equal(frame["row_id"], rows)
-    assert np.array_equal(frame["pred"], reference[rows].argmax(axis=1))
-    assert list(frame["pred_name"]) == [CLASS_NAMES[p] for p in frame["pred"]]
-    np.testing.assert_allclose(frame["confidence"], reference[rows].max(axis=1), atol=1e-5)
+    return CliRunner().invoke(main, score_args(source, run, out, *extra))
 
 
 def verify_line(out, *extra):

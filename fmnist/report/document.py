@@ -7,6 +7,8 @@ same way and find it on the page.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 
 from fmnist.engines.int8_check import Int8Bounds
@@ -36,9 +38,7 @@ def format_value(value: float | None, unit: str) -> str:
         return f"{value:.1f} ms" if value >= 100 else f"{value:.3g} ms"
     if unit == "s":
         return f"{value:,.0f} s" if value >= 100 else f"{value:.1f} s"
-    if unit == "count":
-        return f"{value:,.0f}"
-    if unit == "rate":
+    if unit in ("count", "rate"):
         return f"{value:,.0f}"
     if unit == "x":
         return f"{value:,.1f}×" if value >= 100 else f"{value:.2f}×"
@@ -124,18 +124,29 @@ def _per_context_table(
             whole[whole["batch_size"].isna()], ["context", "model", "variant", "key"]
         ).items():
             cells.setdefault(key, row)
+    labels = [ctx.label for ctx in tables.contexts]
+    return _model_variant_table(tables, labels, specs, lambda *where: record_cell(cells.get(where)))
+
+
+def _model_variant_table(
+    tables: ReportTables,
+    labels: list[str],
+    specs: list[tuple[str, str]],
+    cell: Callable[[str, str, str, str], Cell],
+) -> Table:
+    """Rows model x variant; for each label (a context or a run) a column per spec (record
+    key, title), titled "title · label" when there are several labels.
+
+    ``cell(label, model, variant, key)`` gives the cell of one record.
+    """
     header = ["model", "variant"] + [
-        f"{title} · {ctx.label}" if len(tables.contexts) > 1 else title
-        for ctx in tables.contexts
-        for _, title in specs
+        f"{title} · {label}" if len(labels) > 1 else title for label in labels for _, title in specs
     ]
     rows = []
     for model in tables.models:
         for variant in tables.variants:
             row = [Cell(model, header=True), Cell(variant, header=True)]
-            for ctx in tables.contexts:
-                for key, _ in specs:
-                    row.append(record_cell(cells.get((ctx.label, model, variant, key))))
+            row += [cell(label, model, variant, key) for label in labels for key, _ in specs]
             rows.append(row)
     return Table(header, rows)
 
@@ -213,22 +224,14 @@ def accuracy_blocks(tables: ReportTables) -> list[Block]:
         ("executed_precision", "precision"),
         ("images", "test images"),
     ]
-    many = len(tables.runs) > 1
-    header = ["model", "variant"] + [
-        f"{title} · {run.label}" if many else title for run in tables.runs for _, title in specs
-    ]
-    rows = []
-    for model in tables.models:
-        for variant in tables.variants:
-            row = [Cell(model, header=True), Cell(variant, header=True)]
-            for run in tables.runs:
-                for key, _ in specs:
-                    found = cells.get((run.label, model, variant, key))
-                    if found is None and key in F32_COMPARISONS:
-                        row.append(Cell(""))  # only the reduced precisions compare with f32
-                    else:
-                        row.append(record_cell(found))
-            rows.append(row)
+
+    def cell(run: str, model: str, variant: str, key: str) -> Cell:
+        found = cells.get((run, model, variant, key))
+        if found is None and key in F32_COMPARISONS:
+            return Cell("")  # only the reduced precisions compare with f32
+        return record_cell(found)
+
+    table = _model_variant_table(tables, [run.label for run in tables.runs], specs, cell)
     return [
         Heading(2, "Accuracy change of each optimized variant"),
         Paragraph(
@@ -239,7 +242,7 @@ def accuracy_blocks(tables: ReportTables) -> list[Block]:
             f"optimize and score apply ({Int8Bounds().describe()}). results.csv also has the "
             "loss change against keras-predict."
         ),
-        Table(header, rows),
+        table,
     ]
 
 

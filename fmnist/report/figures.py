@@ -82,44 +82,45 @@ def draw_run_figures(run: RunData, models: list[str], out: Path) -> list[Figure]
     """Training curves and the confusion heatmap of every model of one run."""
     figures = []
     for model in models:
-        history = run.histories.get(model)
-        if history is not None and all(c in history.columns for c in HISTORY_NEEDS):
-            if len(history):
-                path = Path("figures") / f"curves__{slug(run.label)}__{model}.png"
-                _copy_or_draw(
-                    run.layout.figures_dir / f"{model}__curves.png",
-                    out / path,
-                    lambda target, h=history, m=model: plot_training_curves(h, m, target),
-                )
-                figures.append(
-                    Figure(
-                        "curves", path, f"{model}: training curves ({run.label})", model, run.label
-                    )
-                )
-        variant = confusion_variant(run, model)
-        if variant is None:
-            continue
-        matrix = confusion_matrix_of(run.confusions[(model, variant)])
-        if matrix is None:
-            continue
-        accuracy = np.trace(matrix) / matrix.sum() if matrix.sum() else 0.0
-        path = Path("figures") / f"confusion__{slug(run.label)}__{model}__{variant}.png"
-        title = f"{model} ({variant}): accuracy {accuracy:.4f}"
-        _copy_or_draw(
-            run.layout.figures_dir / f"{model}__{variant}__confusion.png",
-            out / path,
-            lambda target, m=matrix, t=title: plot_confusion_matrix(m, t, target),
-        )
-        figures.append(
-            Figure(
-                "confusion",
-                path,
-                f"{model}: confusion matrix, {variant} ({run.label})",
-                model,
-                run.label,
-            )
-        )
+        for draw in (_curves_figure, _confusion_figure):
+            figure = draw(run, model, out)
+            if figure is not None:
+                figures.append(figure)
     return figures
+
+
+def _curves_figure(run: RunData, model: str, out: Path) -> Figure | None:
+    """The training curves of one model, None without a usable history."""
+    history = run.histories.get(model)
+    if history is None or not all(c in history.columns for c in HISTORY_NEEDS) or not len(history):
+        return None
+    path = Path("figures") / f"curves__{slug(run.label)}__{model}.png"
+    _copy_or_draw(
+        run.layout.figures_dir / f"{model}__curves.png",
+        out / path,
+        lambda target: plot_training_curves(history, model, target),
+    )
+    return Figure("curves", path, f"{model}: training curves ({run.label})", model, run.label)
+
+
+def _confusion_figure(run: RunData, model: str, out: Path) -> Figure | None:
+    """The confusion heatmap of one model's representative variant, None without one."""
+    variant = confusion_variant(run, model)
+    if variant is None:
+        return None
+    matrix = confusion_matrix_of(run.confusions[(model, variant)])
+    if matrix is None:
+        return None
+    accuracy = np.trace(matrix) / matrix.sum() if matrix.sum() else 0.0
+    path = Path("figures") / f"confusion__{slug(run.label)}__{model}__{variant}.png"
+    title = f"{model} ({variant}): accuracy {accuracy:.4f}"
+    _copy_or_draw(
+        run.layout.figures_dir / f"{model}__{variant}__confusion.png",
+        out / path,
+        lambda target: plot_confusion_matrix(matrix, title, target),
+    )
+    caption = f"{model}: confusion matrix, {variant} ({run.label})"
+    return Figure("confusion", path, caption, model, run.label)
 
 
 def draw_latency_chart(tables: ReportTables, ctx: Context, out: Path) -> Figure | None:

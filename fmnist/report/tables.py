@@ -9,6 +9,7 @@ files.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ from fmnist.report.lookup import (
     variant_rank,
 )
 from fmnist.report.runs import RunData
-from fmnist.report.seed_reference import SEED_RESULTS
+from fmnist.report.seed_reference import SEED_RESULTS, SeedResults
 from fmnist.report.speed import latency_section, throughput_section, yardstick_section
 
 # --------------------------------------------------------------------------- sections
@@ -48,106 +49,85 @@ def results_section(
     runs: list[RunData], ctxs: list[Context], models: list[str], variants: list[str]
 ) -> list[dict]:
     """The seed's RESULTS table, regenerated: one column per model x context, plus the seed's."""
+    out: list[dict] = []
+    for model in models:
+        for ctx in ctxs:
+            out += _measured_column(run_by_label(runs, ctx.run), ctx, model, variants)
+        seed = SEED_RESULTS.get(model)
+        if seed is not None:
+            out += _seed_column(seed, model, variants)
+    return out
+
+
+# The RESULTS rows of a model besides its variants' figures: key -> (label, unit).
+RESULT_ROWS = {
+    "architecture": ("Architecture type", "text"),
+    "parameters": ("Parameters", "count"),
+    "training_time": ("Training time", "s"),
+    "optimization": ("Type of optimization", "text"),
+    "fastest": ("Fastest variant (batch-1 p50)", "text"),
+}
+# Why a run's column has no figure in one of those rows.
+NO_ARCHITECTURE = "architecture not registered"
+NO_PARAMETERS = "no model.keras to count"
+NO_OPTIMIZATION = "no optimized variant evaluated or benchmarked"
+NO_FASTEST = "no batch-1 latency measured"
+
+
+def _result(
+    model: str, ctx: Context | None, key: str, label: str = "", unit: str = "", **fields
+) -> dict:
+    """One RESULTS record of ``model`` in the column of ``ctx`` (None: the seed's column).
+
+    ``label`` and ``unit`` default to those of ``RESULT_ROWS[key]``.
+    """
+    if not label:
+        label, unit = RESULT_ROWS[key]
+    if ctx is None:
+        where = {"context": SEED_COLUMN}
+    else:
+        where = {"run": ctx.run, "node_type": ctx.node_type, "context": ctx.label}
+    return record("results", key, label, unit, model=model, **where, **fields)
+
+
+def _measured_column(run: RunData, ctx: Context, model: str, variants: list[str]) -> list[dict]:
+    """A model's RESULTS column in one context: the figures of its run, or why they are gaps."""
+    row = partial(_result, model, ctx)
+    architecture = _architecture(model)
+    params = run.params.get(model)
+    seconds, detail, gap = training_figures(run, model)
+    used = _optimizations_used(run, ctx, model, variants)
+    fastest = _fastest(run, ctx, model, variants)
+    return [
+        row("architecture", text=architecture, gap=None if architecture else NO_ARCHITECTURE),
+        row("parameters", value=params, gap=None if params is not None else NO_PARAMETERS),
+        row("training_time", value=seconds, text=detail or None, gap=gap or None),
+        *(line for variant in variants for line in _measured_variant(run, ctx, model, variant)),
+        row("optimization", text="; ".join(used) or None, gap=None if used else NO_OPTIMIZATION),
+        row("fastest", text=fastest or None, gap=None if fastest else NO_FASTEST),
+    ]
+
+
+def _seed_column(seed: SeedResults, model: str, variants: list[str]) -> list[dict]:
+    """A model's RESULTS column of the seed report's own figures."""
+    return [
+        _result(model, None, "architecture", text=seed.architecture),
+        _result(model, None, "parameters", value=seed.params),
+        _result(model, None, "training_time", value=seed.training_seconds),
+        *(row for variant in variants for row in _seed_variant(seed, model, variant)),
+        _result(model, None, "optimization", text=seed.optimization),
+        _result(model, None, "fastest", text="oneDNN (the only one timed)"),
+    ]
+
+
+def _architecture(model: str) -> str | None:
+    """The registered description of ``model``, None for a name this installation lacks."""
     from fmnist.architectures import get_architecture
 
-    out: list[dict] = []
-
-    def add(key, label, unit, model, ctx: Context | None, **fields):
-        where = (
-            {"run": ctx.run, "node_type": ctx.node_type, "context": ctx.label}
-            if ctx
-            else {"context": SEED_COLUMN}
-        )
-        out.append(record("results", key, label, unit, model=model, **where, **fields))
-
-    for model in models:
-        seed = SEED_RESULTS.get(model)
-        for ctx in [*ctxs, None]:
-            if ctx is None and seed is None:
-                continue
-            run = run_by_label(runs, ctx.run) if ctx else None
-            if run is not None:
-                try:
-                    arch = get_architecture(model).description
-                except Exception:  # a model name this installation does not register
-                    arch = None
-                add(
-                    "architecture",
-                    "Architecture type",
-                    "text",
-                    model,
-                    ctx,
-                    text=arch,
-                    gap=None if arch else "architecture not registered",
-                )
-                params = run.params.get(model)
-                add(
-                    "parameters",
-                    "Parameters",
-                    "count",
-                    model,
-                    ctx,
-                    value=params,
-                    gap=None if params is not None else "no model.keras to count",
-                )
-                seconds, detail, gap = training_figures(run, model)
-                add(
-                    "training_time",
-                    "Training time",
-                    "s",
-                    model,
-                    ctx,
-                    value=seconds,
-                    text=detail or None,
-                    gap=gap or None,
-                )
-            else:
-                add(
-                    "architecture", "Architecture type", "text", model, None, text=seed.architecture
-                )
-                add("parameters", "Parameters", "count", model, None, value=seed.params)
-                add("training_time", "Training time", "s", model, None, value=seed.training_seconds)
-            for variant in variants:
-                _add_variant_rows(run, ctx, model, variant, seed, add)
-            if run is not None:
-                used = _optimizations_used(run, ctx, model, variants)
-                add(
-                    "optimization",
-                    "Type of optimization",
-                    "text",
-                    model,
-                    ctx,
-                    text="; ".join(used) or None,
-                    gap=None if used else "no optimized variant evaluated or benchmarked",
-                )
-                fastest = _fastest(run, ctx, model, variants)
-                add(
-                    "fastest",
-                    "Fastest variant (batch-1 p50)",
-                    "text",
-                    model,
-                    ctx,
-                    text=fastest or None,
-                    gap=None if fastest else "no batch-1 latency measured",
-                )
-            else:
-                add(
-                    "optimization",
-                    "Type of optimization",
-                    "text",
-                    model,
-                    None,
-                    text=seed.optimization,
-                )
-                add(
-                    "fastest",
-                    "Fastest variant (batch-1 p50)",
-                    "text",
-                    model,
-                    None,
-                    text="oneDNN (the only one timed)",
-                )
-    return out
+    try:
+        return get_architecture(model).description
+    except Exception:  # a model name this installation does not register
+        return None
 
 
 SEED_VARIANT_FIGURES = {
@@ -159,6 +139,7 @@ SEED_VARIANT_FIGURES = {
 
 
 def _variant_label(variant: str, what: str) -> str:
+    """The row label of a variant's figure: un-optimized (the baseline) or optimized."""
     if variant == BASELINE:
         return f"Un-optimized {what} ({variant})"
     if variant == "keras-onednn-off":
@@ -166,36 +147,57 @@ def _variant_label(variant: str, what: str) -> str:
     return f"Optimized {what} ({variant})"
 
 
-def _add_variant_rows(run, ctx, model, variant, seed, add) -> None:
+def _variant_rows(variant: str) -> list[tuple[str, str, str]]:
+    """(key, label, unit) of the RESULTS rows of one variant: accuracy, loss, latency."""
     rows = [("accuracy", "accuracy", "fraction"), ("loss", "loss", "loss")]
     if variant == BASELINE:
         rows.append(("latency_seed_measure", "latency, mean of model.predict", "ms"))
     rows.append(("latency_p50", "latency, batch-1 p50", "ms"))
-    for key, what, unit in rows:
-        label = _variant_label(variant, what)
-        if run is not None:
-            if key in ("accuracy", "loss"):
-                value, gap = metric_value(run, model, variant, key)
-            else:
-                column = "mean_ms" if key == "latency_seed_measure" else "p50_ms"
-                lookup = find_timing(run, ctx.node_type, model, variant, "latency", 1)
-                value, gap = timing_value(lookup, column, f"{column} latency")
-            add(key, label, unit, model, ctx, variant=variant, value=value, gap=gap or None)
-            continue
-        names = SEED_VARIANT_FIGURES.get(variant)
-        value, text = None, "not measured by the seed"
-        if names:
-            picked = {"accuracy": names[0], "loss": names[1]}.get(key)
-            if key == "latency_seed_measure" or (key == "latency_p50" and variant == ONEDNN_ON):
-                picked = names[2]
-            if picked:
-                value, text = getattr(seed, picked), None
-            if key == "latency_p50" and variant == ONEDNN_ON:
-                text = "a mean, not a p50"
-        add(key, label, unit, model, None, variant=variant, value=value, text=text)
+    return [(key, _variant_label(variant, what), unit) for key, what, unit in rows]
+
+
+def _measured_variant(run: RunData, ctx: Context, model: str, variant: str) -> list[dict]:
+    """The rows of one variant in a run's column: its figures, or why they are gaps."""
+    out = []
+    for key, label, unit in _variant_rows(variant):
+        if key in ("accuracy", "loss"):
+            value, gap = metric_value(run, model, variant, key)
+        else:
+            column = "mean_ms" if key == "latency_seed_measure" else "p50_ms"
+            lookup = find_timing(run, ctx.node_type, model, variant, "latency", 1)
+            value, gap = timing_value(lookup, column, f"{column} latency")
+        out.append(
+            _result(model, ctx, key, label, unit, variant=variant, value=value, gap=gap or None)
+        )
+    return out
+
+
+def _seed_variant(seed: SeedResults, model: str, variant: str) -> list[dict]:
+    """The rows of one variant in the seed's column: its figures, or why it has none."""
+    out = []
+    for key, label, unit in _variant_rows(variant):
+        value, text = _seed_figure(seed, variant, key)
+        out.append(_result(model, None, key, label, unit, variant=variant, value=value, text=text))
+    return out
+
+
+def _seed_figure(seed: SeedResults, variant: str, key: str) -> tuple[float | None, str | None]:
+    """The seed's figure for one RESULTS row of a variant, with a note; None and why if none."""
+    names = SEED_VARIANT_FIGURES.get(variant)
+    if names is None:
+        return None, "not measured by the seed"
+    accuracy, loss, latency = names
+    if key == "latency_p50" and variant == ONEDNN_ON:
+        # The seed timed means only: its oneDNN mean stands in for the p50, said so.
+        return getattr(seed, latency), "a mean, not a p50"
+    picked = {"accuracy": accuracy, "loss": loss, "latency_seed_measure": latency}.get(key)
+    if picked is None:
+        return None, "not measured by the seed"
+    return getattr(seed, picked), None
 
 
 def _optimizations_used(run: RunData, ctx: Context, model: str, variants: list[str]) -> list[str]:
+    """The optimizations of the variants evaluated or timed at batch 1 in this context."""
     used = []
     for variant in variants:
         if variant in (BASELINE, "keras-onednn-off"):
@@ -208,6 +210,7 @@ def _optimizations_used(run: RunData, ctx: Context, model: str, variants: list[s
 
 
 def _fastest(run: RunData, ctx: Context, model: str, variants: list[str]) -> str:
+    """The variant with the lowest batch-1 p50 latency in this context ("" if none)."""
     best: tuple[float, str] | None = None
     for variant in variants:
         lookup = find_timing(run, ctx.node_type, model, variant, "latency", 1)
@@ -220,85 +223,79 @@ def _fastest(run: RunData, ctx: Context, model: str, variants: list[str]) -> str
 F32, INT8 = F32_REFERENCE, "openvino-int8"
 
 
+# A variant's own figures in the accuracy table: key, label, unit.
+ACCURACY_FIGURES = (
+    ("accuracy", "accuracy", "fraction"),
+    ("loss", "loss", "loss"),
+    ("mean_confidence", "mean confidence", "ratio"),
+)
+# Its changes against a reference variant: the figure, the reference.
+ACCURACY_CHANGES = (("accuracy", BASELINE), ("loss", BASELINE), ("accuracy", F32))
+
+
 def accuracy_section(runs: list[RunData], models: list[str], variants: list[str]) -> list[dict]:
     """Accuracy, loss and confidence of every variant and their change against keras-predict
     and, for bf16 and int8, against openvino-f32: loss change, mean |Δp|, the INT8 check."""
     out = []
     for run in runs:
         for model in models:
-            base_acc, _ = metric_value(run, model, BASELINE, "accuracy")
-            base_loss, _ = metric_value(run, model, BASELINE, "loss")
-            f32_acc, _ = metric_value(run, model, F32, "accuracy")
-            f32_loss, _ = metric_value(run, model, F32, "loss")
+            references = {
+                reference: {
+                    figure: metric_value(run, model, reference, figure)[0]
+                    for figure in ("accuracy", "loss")
+                }
+                for reference in (BASELINE, F32)
+            }
             for variant in variants:
-                where = {"run": run.label, "context": run.label, "model": model, "variant": variant}
-                row, gap = metrics_summary(run, model, variant)
-                acc, acc_gap = metric_value(run, model, variant, "accuracy")
-                loss, loss_gap = metric_value(run, model, variant, "loss")
-                confidence, confidence_gap = metric_value(run, model, variant, "mean_confidence")
-                images = number(row, "images")
-                for key, label, unit, value, why in (
-                    ("accuracy", "accuracy", "fraction", acc, acc_gap),
-                    ("loss", "loss", "loss", loss, loss_gap),
-                    ("mean_confidence", "mean confidence", "ratio", confidence, confidence_gap),
-                    ("images", "test images", "count", images, gap),
-                ):
-                    out.append(
-                        record("accuracy", key, label, unit, value=value, gap=why or None, **where)
-                    )
-                precision = None if row is None else row.get("executed_precision")
-                out.append(
-                    record(
-                        "accuracy",
-                        "executed_precision",
-                        "executed precision",
-                        "text",
-                        text=None if is_blank(precision) else str(precision),
-                        gap=gap or None,
-                        **where,
-                    )
-                )
-                for key, label, mine, ref, ref_name in (
-                    (
-                        "delta_accuracy_vs_keras-predict",
-                        "accuracy change vs keras-predict",
-                        acc,
-                        base_acc,
-                        BASELINE,
-                    ),
-                    (
-                        "delta_loss_vs_keras-predict",
-                        "loss change vs keras-predict",
-                        loss,
-                        base_loss,
-                        BASELINE,
-                    ),
-                    (
-                        "delta_accuracy_vs_openvino-f32",
-                        "accuracy change vs openvino-f32",
-                        acc,
-                        f32_acc,
-                        F32,
-                    ),
-                ):
-                    if ref_name == F32 and variant not in COMPARED_WITH_F32:
-                        continue
-                    unit = "pp" if "accuracy" in key else "loss_delta"
-                    if mine is None:
-                        value, why = None, gap or "no value"
-                    elif ref is None:
-                        value, why = None, f"no {ref_name} evaluation to compare with"
-                    else:
-                        value = (mine - ref) * (100 if unit == "pp" else 1)
-                        why = None
-                    out.append(record("accuracy", key, label, unit, value=value, gap=why, **where))
-                if variant in COMPARED_WITH_F32:
-                    out += _f32_agreement(run, model, variant, loss, f32_loss, row, gap, where)
+                out += _variant_accuracy(run, model, variant, references)
     return out
+
+
+def _variant_accuracy(run: RunData, model: str, variant: str, references: dict) -> list[dict]:
+    """The accuracy records of one variant: its figures, the precision it ran at, and how
+    they compare with the references' (``references[variant][figure]``)."""
+    where = {"run": run.label, "context": run.label, "model": model, "variant": variant}
+    add = partial(record, "accuracy", **where)
+    row, gap = metrics_summary(run, model, variant)
+    figures = {key: metric_value(run, model, variant, key) for key, _, _ in ACCURACY_FIGURES}
+    out = [
+        add(key, label, unit, value=figures[key][0], gap=figures[key][1] or None)
+        for key, label, unit in ACCURACY_FIGURES
+    ]
+    out.append(add("images", "test images", "count", value=number(row, "images"), gap=gap or None))
+    precision = None if row is None else row.get("executed_precision")
+    text = None if is_blank(precision) else str(precision)
+    out.append(add("executed_precision", "executed precision", "text", text=text, gap=gap or None))
+    mine = {key: value for key, (value, _) in figures.items()}
+    for figure, reference in ACCURACY_CHANGES:
+        if reference == F32 and variant not in COMPARED_WITH_F32:
+            continue
+        theirs = references[reference][figure]
+        out.append(_change(figure, mine[figure], reference, theirs, gap, where))
+    if variant in COMPARED_WITH_F32:
+        f32_loss = references[F32]["loss"]
+        out += _f32_agreement(run, model, variant, mine["loss"], f32_loss, row, gap, where)
+    return out
+
+
+def _change(
+    figure: str, mine: float | None, reference: str, theirs: float | None, gap: str, where: dict
+) -> dict:
+    """The change of a variant's accuracy (in percentage points) or loss against a reference."""
+    unit = "pp" if figure == "accuracy" else "loss_delta"
+    if mine is None:
+        value, why = None, gap or "no value"
+    elif theirs is None:
+        value, why = None, f"no {reference} evaluation to compare with"
+    else:
+        value, why = (mine - theirs) * (100 if unit == "pp" else 1), None
+    key, label = f"delta_{figure}_vs_{reference}", f"{figure} change vs {reference}"
+    return record("accuracy", key, label, unit, value=value, gap=why, **where)
 
 
 def _f32_agreement(run, model, variant, loss, f32_loss, row, gap, where) -> list[dict]:
     """Loss change and mean |Δp| of a reduced precision against f32; the INT8 check."""
+    add = partial(record, "accuracy", **where)
     if loss is None:
         value, why = None, gap or "no value"
     elif f32_loss is None or f32_loss <= 0:
@@ -306,41 +303,27 @@ def _f32_agreement(run, model, variant, loss, f32_loss, row, gap, where) -> list
     else:
         value, why = 100 * (loss / f32_loss - 1), None
     out = [
-        record(
-            "accuracy",
-            f"loss_change_vs_{F32}",
-            f"loss change vs {F32}",
-            "percent_delta",
-            value=value,
-            gap=why,
-            **where,
-        )
+        add(f"loss_change_vs_{F32}", f"loss change vs {F32}", "percent_delta", value=value, gap=why)
     ]
     dp, dp_gap = metric_value(run, model, variant, MEAN_ABS_DP_COLUMN)
     if row is not None and dp is None:
         dp_gap = f"not compared with {F32} (evaluate again with its IR in place)"
     out.append(
-        record(
-            "accuracy",
-            f"mean_abs_dp_vs_{F32}",
-            f"mean |Δp| vs {F32}",
-            "ratio",
-            value=dp,
-            gap=dp_gap or None,
-            **where,
-        )
+        add(f"mean_abs_dp_vs_{F32}", f"mean |Δp| vs {F32}", "ratio", value=dp, gap=dp_gap or None)
     )
     if variant == INT8:
-        f32_row, _ = metrics_summary(run, model, F32)
-        if row is None or f32_row is None:
-            text, why = None, gap or f"no {F32} evaluation to compare with"
-        else:
-            accepted, reason = Int8Check.from_metrics(f32_row, row).acceptable()
-            text, why = ("accepted" if accepted else f"rejected: {reason}"), None
-        out.append(
-            record("accuracy", "int8_check", "INT8 check", "text", text=text, gap=why, **where)
-        )
+        text, why = _int8_verdict(run, model, row, gap)
+        out.append(add("int8_check", "INT8 check", "text", text=text, gap=why))
     return out
+
+
+def _int8_verdict(run: RunData, model: str, row, gap: str) -> tuple[str | None, str | None]:
+    """The INT8 check of ``row`` (int8 metrics) against f32's: its verdict, or why there is none."""
+    f32_row, _ = metrics_summary(run, model, F32)
+    if row is None or f32_row is None:
+        return None, gap or f"no {F32} evaluation to compare with"
+    accepted, reason = Int8Check.from_metrics(f32_row, row).acceptable()
+    return ("accepted" if accepted else f"rejected: {reason}"), None
 
 
 def classification_section(runs: list[RunData], models: list[str]) -> list[dict]:
@@ -381,80 +364,69 @@ def scoring_section(runs: list[RunData], models: list[str]) -> list[dict]:
     """Rows scored and rejected and rows per second, per run, input and model."""
     out = []
     for run in runs:
-        scoring = run.scoring
-        if scoring.empty:
-            out.append(
-                record(
-                    "scoring",
-                    "rows_read",
-                    "rows read",
-                    "count",
-                    run=run.label,
-                    context=run.label,
-                    gap="no batch scoring in this run (predictions/ is empty)",
-                )
-            )
+        if run.scoring.empty:
+            gap = "no batch scoring in this run (predictions/ is empty)"
+            where = {"run": run.label, "context": run.label}
+            out.append(record("scoring", "rows_read", "rows read", "count", gap=gap, **where))
             continue
-        groups = dict(list(scoring.groupby(["input", "model"], sort=True)))
-        order = {m: i for i, m in enumerate(models)}
-        for input_name, model in sorted(groups, key=lambda k: (k[0], order.get(k[1], 99), k[1])):
-            parts = groups[(input_name, model)]
+        for (input_name, model), parts in _scoring_groups(run.scoring, models):
             where = {"run": run.label, "context": run.label, "model": model, "item": input_name}
-            expected = int(parts["part_total"].max())
-            finished = parts[parts["has_marker"]]
-            missing = expected - len(finished)
-            gap = None
-            if missing:
-                gap = f"{missing} of {expected} parts have no success marker"
-            variants = sorted({str(v) for v in finished["variant"].dropna()})
-            out.append(
-                record(
-                    "scoring",
-                    "parts",
-                    "parts finished",
-                    "count",
-                    value=len(finished),
-                    text=f"of {expected}",
-                    gap=gap,
-                    variant=", ".join(variants) or None,
-                    **where,
-                )
-            )
-            totals = {}
-            for key, label in (
-                ("rows_read", "rows read"),
-                ("rows_predicted", "rows scored"),
-                ("rows_rejected", "rows rejected"),
-                ("seconds", "shard seconds"),
-            ):
-                values = pd.to_numeric(finished[key], errors="coerce")
-                complete = values.notna().all() and len(values) > 0
-                totals[key] = float(values.sum()) if complete else None
-                out.append(
-                    record(
-                        "scoring",
-                        key,
-                        label,
-                        "s" if key == "seconds" else "count",
-                        value=totals[key],
-                        gap=None if complete else gap or f"markers have no {key}",
-                        **where,
-                    )
-                )
-            rate = None
-            if totals["rows_read"] is not None and totals["seconds"]:
-                rate = totals["rows_read"] / totals["seconds"]
-            out.append(
-                record(
-                    "scoring",
-                    "rows_per_second",
-                    "rows/s per process",
-                    "rate",
-                    value=rate,
-                    gap=None if rate is not None else gap or "no rows or seconds in the markers",
-                    **where,
-                )
-            )
+            out += _scoring_records(parts, where)
+    return out
+
+
+# The sums over a scoring's success markers: marker field, label.
+SCORING_TOTALS = (
+    ("rows_read", "rows read"),
+    ("rows_predicted", "rows scored"),
+    ("rows_rejected", "rows rejected"),
+    ("seconds", "shard seconds"),
+)
+
+
+def _scoring_groups(
+    scoring: pd.DataFrame, models: list[str]
+) -> list[tuple[tuple[str, str], pd.DataFrame]]:
+    """The parts of each (input, model) scoring: inputs by name, models in report order."""
+    groups = dict(list(scoring.groupby(["input", "model"], sort=True)))
+    order = {m: i for i, m in enumerate(models)}
+    keys = sorted(groups, key=lambda k: (k[0], order.get(k[1], 99), k[1]))
+    return [(key, groups[key]) for key in keys]
+
+
+def _scoring_records(parts: pd.DataFrame, where: dict) -> list[dict]:
+    """Parts finished, the marker totals and the rate of one input scored by one model."""
+    add = partial(record, "scoring", **where)
+    expected = int(parts["part_total"].max())
+    finished = parts[parts["has_marker"]]
+    missing = expected - len(finished)
+    gap = f"{missing} of {expected} parts have no success marker" if missing else None
+    variants = ", ".join(sorted({str(v) for v in finished["variant"].dropna()})) or None
+    out = [
+        add(
+            "parts",
+            "parts finished",
+            "count",
+            value=len(finished),
+            text=f"of {expected}",
+            gap=gap,
+            variant=variants,
+        )
+    ]
+    totals = {}
+    for key, label in SCORING_TOTALS:
+        values = pd.to_numeric(finished[key], errors="coerce")
+        complete = values.notna().all() and len(values) > 0
+        totals[key] = float(values.sum()) if complete else None
+        why = None if complete else gap or f"markers have no {key}"
+        out.append(
+            add(key, label, "s" if key == "seconds" else "count", value=totals[key], gap=why)
+        )
+    rate = None
+    if totals["rows_read"] is not None and totals["seconds"]:
+        rate = totals["rows_read"] / totals["seconds"]
+    why = None if rate is not None else gap or "no rows or seconds in the markers"
+    out.append(add("rows_per_second", "rows/s per process", "rate", value=rate, gap=why))
     return out
 
 

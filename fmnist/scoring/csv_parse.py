@@ -17,7 +17,6 @@ blocks made of digits, points, separators and padding.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,7 +27,14 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from fmnist.data import CSV_HEADER, PIXELS
-from fmnist.scoring.rows import LABELS, ParsedBlock, Reject, number_problem
+from fmnist.scoring.rows import (
+    ParsedBlock,
+    Reject,
+    highest,
+    join_blocks,
+    number_problem,
+    valid_values,
+)
 
 
 class CsvInput(Protocol):
@@ -72,28 +78,26 @@ class Block:
 
 
 def _shown(text: bytes) -> str:
-    return text[:20].decode("utf-8", "replace")
+    """A field as a reason quotes it: its first 20 characters."""
+    shown = text[:20].decode("utf-8", "replace")
+    return shown + "..." if len(text) > 20 else shown
 
 
 def _bad_value(text: bytes, name: str, is_label: bool) -> tuple[str, str]:
-    """(kind, reason) for a field that is neither digits nor a decimal fraction."""
+    """(kind, reason) for a field that is neither digits nor a decimal fraction.
+
+    A number Python reads otherwise (``1e3``, ``+5``, ``nan``) is judged by its value
+    first, like any other (:func:`fmnist.scoring.rows.number_problem`), so ``1e3`` is
+    above 255; only a valid one is refused for how it is written.
+    """
     if not text:
         return "empty_value", f"{name} is empty"
     try:
         number = float(text)
     except ValueError:
         return "non_integer", f"{name} is {_shown(text)!r}, not an integer"
-    if math.isnan(number):
-        return "nan", f"{name} is NaN"
-    if math.isinf(number):
-        return "non_integer", f"{name} is {_shown(text)!r}, not an integer"
-    if is_label and number < 0 and number.is_integer():
-        return "label_out_of_range", f"label is {_shown(text)}, outside 0-9"
-    if number < 0:
-        return "negative", f"{name} is {_shown(text)}, negative"
-    if not number.is_integer():
-        return "fractional", f"{name} is {_shown(text)}, fractional"
-    return "non_integer", f"{name} is {_shown(text)!r}, not written as a plain number"
+    problem = number_problem(number, name, is_label, _shown(text))
+    return problem or ("non_integer", f"{name} is {_shown(text)!r}, not written as a plain number")
 
 
 def _unquote(text: bytes) -> bytes:
@@ -118,16 +122,17 @@ def check_row(line: bytes, has_label: bool) -> tuple[list[int] | None, str, str]
         kind = "too_many_fields" if len(fields) > expected else "too_few_fields"
         return None, kind, f"expected {expected} fields, got {len(fields)}"
     names = CSV_HEADER if has_label else CSV_HEADER[1:]
+    label_top, pixel_top = highest(is_label=True), highest(is_label=False)
     values = []
     for column, raw in enumerate(fields):
         text = _unquote(raw.strip(b" \t"))
         is_label = has_label and column == 0
         if text.isdigit():
             value = int(text)
-            if is_label and value >= LABELS:
-                return None, "label_out_of_range", f"label is {value}, outside 0-9"
-            if value > 255:
-                return None, "over_255", f"{names[column]} is {value}, above 255"
+            if value > pixel_top or (is_label and value > label_top):
+                # Capped: digits too many for a float are as out of range as 256.
+                number = float(min(value, pixel_top + 1))
+                return None, *number_problem(number, names[column], is_label, _shown(text))
         elif DECIMAL.fullmatch(text):
             number = float(text)
             problem = number_problem(number, names[column], is_label, _shown(text))
@@ -226,10 +231,9 @@ def _unquoted(raw: bytes, rows: int, fields: int) -> bytes | None:
 def _whole_numbers_in_range(table: pa.Table, has_label: bool) -> bool:
     """Every value of a float64 table is a whole label 0-9 or pixel 0-255 (NaN is not)."""
     for index, column in enumerate(table.columns):
-        top = LABELS - 1 if has_label and index == 0 else 255
+        is_label = has_label and index == 0
         for chunk in column.chunks:
-            values = chunk.to_numpy()
-            if not ((values >= 0) & (values <= top) & (values == np.floor(values))).all():
+            if not valid_values(chunk.to_numpy(), is_label).all():
                 return False
     return True
 
@@ -264,7 +268,7 @@ def _fast(data: bytes | memoryview, rows: int, csv: CsvInput, maybe: frozenset) 
         return None
     if decimal:
         return table if _whole_numbers_in_range(table, csv.has_label) else None
-    if csv.has_label and rows and pc.max(table.column(0)).as_py() >= LABELS:
+    if csv.has_label and rows and pc.max(table.column(0)).as_py() > highest(is_label=True):
         return None
     return table
 
@@ -322,12 +326,4 @@ def _parse(
 
 def parse_block(block: Block, csv: CsvInput) -> ParsedBlock:
     """Valid rows of ``block`` as arrays, and a :class:`Reject` for every other row."""
-    parts = _parse(block.data, block.first_row, block.rows, csv, block.maybe)
-    if len(parts) == 1:
-        return parts[0]
-    return ParsedBlock(
-        row_ids=np.concatenate([p.row_ids for p in parts]),
-        pixels=np.concatenate([p.pixels for p in parts]),
-        labels=np.concatenate([p.labels for p in parts]) if csv.has_label else None,
-        rejects=[r for p in parts for r in p.rejects],
-    )
+    return join_blocks(_parse(block.data, block.first_row, block.rows, csv, block.maybe))

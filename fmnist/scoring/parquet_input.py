@@ -30,15 +30,16 @@ import pyarrow.parquet as pq
 from fmnist.data import CSV_HEADER, PIXELS
 from fmnist.io import FmnistError
 from fmnist.scoring.rows import (
-    LABELS,
     NORMALIZED_SAMPLE_ROWS,
     ExpectedShard,
     InputShard,
     ParsedBlock,
     Reject,
+    highest,
     normalized_example,
     normalized_message,
     number_problem,
+    valid_values,
 )
 
 PARQUET_MAGIC = b"PAR1"
@@ -252,11 +253,12 @@ def _pixel_matrix(batch: pa.RecordBatch, source: ParquetInput) -> np.ndarray:
 # --------------------------------------------------------------------------- parsing
 
 
-def _as_uint8(array: pa.Array, top: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Values of ``array`` as uint8, and which are not whole numbers 0-``top`` (None: all are).
+def _as_uint8(array: pa.Array, is_label: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Values of ``array`` as uint8, and which are not valid labels or pixels (None: all are).
 
     Bad values (null, NaN, fractional, out of range) come out as 0; their rows are rejected.
     """
+    top = highest(is_label)
     if array.null_count == 0 and pa.types.is_integer(array.type):
         if pa.types.is_uint8(array.type) and top == 255:
             return array.to_numpy(), None
@@ -264,8 +266,7 @@ def _as_uint8(array: pa.Array, top: int) -> tuple[np.ndarray, np.ndarray | None]
         if len(array) == 0 or (extremes["min"].as_py() >= 0 and extremes["max"].as_py() <= top):
             return array.to_numpy().astype(np.uint8), None
     values = array.to_numpy(zero_copy_only=False)  # nulls come out as NaN
-    with np.errstate(invalid="ignore"):
-        good = (values >= 0) & (values <= top) & (values == np.floor(values))
+    good = valid_values(values, is_label)
     if good.all():
         return values.astype(np.uint8), None
     return np.where(good, values, 0).astype(np.uint8), ~good
@@ -286,7 +287,7 @@ def parse_batch(batch: pa.RecordBatch, first_row: int, source: ParquetInput) -> 
     bad = np.zeros(rows, dtype=bool)
     labels = None
     if source.has_label:
-        labels, label_bad = _as_uint8(batch.column("label"), LABELS - 1)
+        labels, label_bad = _as_uint8(batch.column("label"), is_label=True)
         if label_bad is not None:
             bad |= label_bad
     if source.layout == "columns":
@@ -295,13 +296,13 @@ def parse_batch(batch: pa.RecordBatch, first_row: int, source: ParquetInput) -> 
         index = {name: i for i, name in enumerate(batch.schema.names)}
         by_column = np.empty((PIXELS, rows), dtype=np.uint8)
         for column, name in enumerate(PIXEL_COLUMNS):
-            by_column[column], column_bad = _as_uint8(batch.column(index[name]), 255)
+            by_column[column], column_bad = _as_uint8(batch.column(index[name]), is_label=False)
             if column_bad is not None:
                 bad |= column_bad
         pixels = by_column.T
     else:
         whole, values = _list_rows(batch.column(source.columns[-1]))
-        flat, value_bad = _as_uint8(values, 255)
+        flat, value_bad = _as_uint8(values, is_label=False)
         if whole.all():
             pixels = flat.reshape(rows, PIXELS)
         else:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 LABELS = 10  # labels are 0-9
+PIXEL_MAX = 255  # pixels are 0-255
 NORMALIZED_SAMPLE_ROWS = 200  # rows looked at to tell normalized images apart
 
 
@@ -48,6 +49,19 @@ class ParsedBlock:
     def rows(self) -> int:
         """Rows read: the valid ones and the rejected ones."""
         return len(self.row_ids) + len(self.rejects)
+
+
+def join_blocks(parts: list[ParsedBlock]) -> ParsedBlock:
+    """One block of ``parts`` in their order (at least one; all with labels or none)."""
+    if len(parts) == 1:
+        return parts[0]
+    labels = [p.labels for p in parts]
+    return ParsedBlock(
+        row_ids=np.concatenate([p.row_ids for p in parts]),
+        pixels=np.concatenate([p.pixels for p in parts]),
+        labels=None if labels[0] is None else np.concatenate(labels),
+        rejects=[r for p in parts for r in p.rejects],
+    )
 
 
 def reject_position(path, reject: Reject) -> str:
@@ -90,27 +104,44 @@ class ExpectedShard:
 # --------------------------------------------------------------------------- one value
 
 
+def highest(is_label: bool) -> int:
+    """The largest valid value: 9 for a label, 255 for a pixel."""
+    return LABELS - 1 if is_label else PIXEL_MAX
+
+
 def number_problem(number: float, name: str, is_label: bool, shown: str) -> tuple[str, str] | None:
     """(kind, reason) when ``number`` is not a valid label (0-9) or pixel (0-255), else None.
 
-    A whole number written as a float (``12.0``) is valid; ``shown`` is how the value
-    reads in the input, for the reason.
+    The one rule of a value and its reject message, whatever the format. A whole number
+    written as a float (``12.0``) is valid; ``shown`` is how the value reads in the
+    input, for the reason. What the value is decides the kind, not how it is written:
+    ``1e3`` is above 255 and ``-1`` a label out of range.
     """
     if math.isnan(number):
         return "nan", f"{name} is NaN"
     if math.isinf(number):
         return "non_integer", f"{name} is {shown!r}, not an integer"
     if is_label and number < 0 and number.is_integer():
-        return "label_out_of_range", f"label is {shown}, outside 0-9"
+        return "label_out_of_range", f"label is {shown}, outside 0-{highest(True)}"
     if number < 0:
         return "negative", f"{name} is {shown}, negative"
     if not number.is_integer():
         return "fractional", f"{name} is {shown}, fractional"
-    if is_label and number >= LABELS:
-        return "label_out_of_range", f"label is {shown}, outside 0-9"
-    if number > 255:
-        return "over_255", f"{name} is {shown}, above 255"
+    if is_label and number > highest(True):
+        return "label_out_of_range", f"label is {shown}, outside 0-{highest(True)}"
+    if number > PIXEL_MAX:
+        return "over_255", f"{name} is {shown}, above {PIXEL_MAX}"
     return None
+
+
+def valid_values(values: np.ndarray, is_label: bool) -> np.ndarray:
+    """Which of ``values`` (floats, NaN for null) :func:`number_problem` accepts, at once.
+
+    The same rule for readers that check whole columns: whole numbers from 0 to
+    :func:`highest`; NaN and infinities are not.
+    """
+    with np.errstate(invalid="ignore"):
+        return (values >= 0) & (values <= highest(is_label)) & (values == np.floor(values))
 
 
 # --------------------------------------------------------------------------- normalized images
