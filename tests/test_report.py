@@ -267,6 +267,45 @@ def test_accuracy_table_shows_loss_and_mean_dp_beside_accuracy(tmp_path):
     )
 
 
+def test_quantization_table_shows_how_each_int8_ir_was_made(tmp_path):
+    from fmnist.io import update_manifest
+
+    check = {"accuracy_drop": 0.0007, "lost": 14, "gained": 10}
+    update_manifest(
+        tmp_path,
+        "openvino",
+        "backup1",
+        {
+            "int8": {
+                "method": "ptq+8bit-first-layer",
+                "accepted": True,
+                "reason": "int8 keeps f32's figures",
+                "needs_int8_dot_product": True,
+                "check": check,
+                "layer_precisions": {"conv_1": "int8", "dense_4": "f32", "conv_2": "int8"},
+                "speedup_batch256": 3.81,
+            }
+        },
+    )
+    update_manifest(tmp_path, "openvino", "main", {"f32": {}})  # optimized without --int8
+    (tmp_path / "models" / "backup1").mkdir(parents=True)
+    (tmp_path / "models" / "main").mkdir(parents=True)
+    markdown = build_report([tmp_path], tmp_path / "report").markdown.read_text()
+    table = markdown.split("## INT8 quantization", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in table.splitlines() if line.startswith("| **backup1**"))
+    cells = [cell.strip() for cell in row.strip("|").split(" | ")]
+    assert cells[1:] == [
+        "ptq+8bit-first-layer",
+        "dense_4",
+        "-0.07 pp (14 lost, 10 gained)",
+        "accepted",
+        "VNNI or AMX",
+        "3.81×",
+    ]
+    main_row = next(line for line in table.splitlines() if line.startswith("| **main**"))
+    assert "no INT8 IR (optimize --int8 not run)" in markdown and main_row
+
+
 def test_report_step_closes_the_pipeline():
     from fmnist.pipeline.spec import load_pipeline
 

@@ -31,6 +31,11 @@ def test_quick_profile_runs_every_step_and_a_rerun_skips_them(installed_wheel, t
     }
     assert {"train", "optimize", "evaluate", "benchmark", "score", "report"} <= steps
     assert (run / "report" / "report.html").stat().st_size > 10_000
+    markdown = (run / "report" / "report.md").read_text()
+    quantization = markdown.split("## INT8 quantization", 1)[1].split("\n## ", 1)[0]
+    for model in MODELS:
+        method = read_manifest(run)["openvino"][model]["int8"]["method"]
+        assert f"| **{model}** | {method} |" in quantization, quantization
     # The quick job shows real models: every variant this CPU can run is evaluated on the
     # 2,000 test images and reaches 75 %; openvino-bf16 is skipped, with its reason,
     # only where the CPU plugin reports no native bf16.

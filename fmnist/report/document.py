@@ -246,6 +246,48 @@ def accuracy_blocks(tables: ReportTables) -> list[Block]:
     ]
 
 
+QUANTIZATION_COLUMNS = (
+    ("method", "method"),
+    ("f32_layers", "compute layers in f32"),
+    ("validation_drop", "accuracy change on validation images"),
+    ("verdict", "INT8 check"),
+    ("runs_on", "runs on"),
+    ("speedup", "int8/f32 at batch 256 (first look)"),
+)
+
+
+def quantization_blocks(tables: ReportTables) -> list[Block]:
+    """How each INT8 IR was made, from the manifest optimize wrote."""
+    frame = tables.section("quantization")
+    if frame.empty:
+        return []
+    cells = _index(frame, ["run", "model", "key"])
+    many = len(tables.runs) > 1
+    header = (["run"] if many else []) + ["model"] + [title for _, title in QUANTIZATION_COLUMNS]
+    rows = [
+        ([Cell(run.label, header=True)] if many else [])
+        + [Cell(model, header=True)]
+        + [
+            record_cell(cells.get((run.label, model, key)), missing="")
+            for key, _ in QUANTIZATION_COLUMNS
+        ]
+        for run in tables.runs
+        for model in tables.models
+        if (run.label, model, "method") in cells
+    ]
+    return [
+        Heading(2, "INT8 quantization"),
+        Paragraph(
+            "How optimize --int8 made each INT8 IR: the method that passed the INT8 check "
+            "on the held-out validation images (accuracy change with the images lost and "
+            "gained against f32), the compute layers it kept in f32, the CPUs the IR runs "
+            "on (an 8-bit first layer needs VNNI or AMX), and optimize's first look at "
+            "the speed-up; the benchmark above measures it properly."
+        ),
+        Table(header, rows),
+    ]
+
+
 def yardstick_blocks(tables: ReportTables) -> list[Block]:
     """Our harness beside OpenVINO's benchmark_app, where the yardstick ran."""
     frame = tables.section("yardstick")
@@ -436,6 +478,7 @@ def build_document(tables: ReportTables, figures: list[Figure]) -> list[Block]:
     blocks += results_blocks(tables)
     blocks += speedup_blocks(tables)
     blocks += accuracy_blocks(tables)
+    blocks += quantization_blocks(tables)
     blocks += yardstick_blocks(tables)
     blocks += model_blocks(tables, figures)
     blocks += chart_blocks(tables, figures)

@@ -326,6 +326,54 @@ def _int8_verdict(run: RunData, model: str, row, gap: str) -> tuple[str | None, 
     return ("accepted" if accepted else f"rejected: {reason}"), None
 
 
+def quantization_section(runs: list[RunData], models: list[str]) -> list[dict]:
+    """How each INT8 IR was made: method, layers kept in f32, its check, its CPU needs."""
+    out = []
+    for run in runs:
+        for model in models:
+            where = {"run": run.label, "context": run.label, "model": model}
+            int8 = ((run.manifest.get("openvino") or {}).get(model) or {}).get("int8")
+            if not int8:
+                gap = "no INT8 IR (optimize --int8 not run)"
+                out.append(record("quantization", "method", "method", "text", gap=gap, **where))
+                continue
+            out += _quantization_records(int8, where)
+    return out
+
+
+def _quantization_records(int8: dict, where: dict) -> list[dict]:
+    """The records of one model's ``openvino.<model>.int8`` manifest entry."""
+    add = partial(record, "quantization", **where)
+    check = int8.get("check") or {}
+    f32_layers = sorted(n for n, p in (int8.get("layer_precisions") or {}).items() if p != "int8")
+    lost, gained = check.get("lost"), check.get("gained")
+    flips = None if lost is None or gained is None else f"{lost} lost, {gained} gained"
+    verdict = "accepted" if int8.get("accepted") else f"not accepted: {int8.get('reason', '')}"
+    needs = "VNNI or AMX" if int8.get("needs_int8_dot_product") else "any x86 CPU"
+    drop = check.get("accuracy_drop")
+    return [
+        add("method", "method", "text", text=int8.get("method")),
+        add("f32_layers", "compute layers in f32", "text", text=", ".join(f32_layers) or "none"),
+        add(
+            "validation_drop",
+            "accuracy change on validation",
+            "pp",
+            value=None if drop is None else -100 * drop,
+            text=flips,
+            gap=None if drop is not None else "not recorded",
+        ),
+        add("verdict", "INT8 check", "text", text=verdict),
+        add("runs_on", "runs on", "text", text=needs),
+        add(
+            "speedup",
+            "int8/f32 at batch 256 (first look)",
+            "x",
+            value=int8.get("speedup_batch256"),
+            gap=None if int8.get("speedup_batch256") else "not measured by this optimize",
+        ),
+    ]
+
+
 def classification_section(runs: list[RunData], models: list[str]) -> list[dict]:
     """Per-class precision, recall, F1 and support of every evaluated model x variant."""
     out = []
@@ -544,6 +592,7 @@ def build_tables(runs: list[RunData]) -> ReportTables:
         *throughput_section(runs, ctxs, models, variants),
         *yardstick_section(runs, ctxs, models),
         *scoring_section(runs, models),
+        *quantization_section(runs, models),
         *classification_section(runs, models),
     ]
     frame = pd.DataFrame(records, columns=RECORD_COLUMNS)
