@@ -207,6 +207,8 @@ def record_job(run: Path | str, command: str, task_id: str | None = None) -> Non
     record = {
         **job.to_dict(),
         "command": command,
+        # Per job too: a host's machine entry keeps only the last job's revision.
+        "git_revision": info["git_revision"],
         "argv": sys.argv[1:],
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }

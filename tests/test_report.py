@@ -268,7 +268,6 @@ def test_accuracy_table_shows_loss_and_mean_dp_beside_accuracy(tmp_path):
 
 
 def test_quantization_table_shows_how_each_int8_ir_was_made(tmp_path):
-    from fmnist.io import update_manifest
 
     check = {"accuracy_drop": 0.0007, "lost": 14, "gained": 10}
     update_manifest(
@@ -304,6 +303,18 @@ def test_quantization_table_shows_how_each_int8_ir_was_made(tmp_path):
     ]
     main_row = next(line for line in table.splitlines() if line.startswith("| **main**"))
     assert "no INT8 IR (optimize --int8 not run)" in markdown and main_row
+
+
+def test_environment_shows_the_revisions_the_jobs_ran(tmp_path):
+    from fmnist.report.tables import build_tables
+
+    (tmp_path / "models" / "backup1").mkdir(parents=True)
+    update_manifest(tmp_path, "machine", "node1", {"host": "node1", "git_revision": "c" * 40})
+    update_manifest(tmp_path, "jobs", "1", {"command": "train", "git_revision": "a" * 40})
+    update_manifest(tmp_path, "jobs", "2", {"command": "evaluate", "git_revision": "b" * 40})
+    update_manifest(tmp_path, "jobs", "3", {"command": "optimize", "git_revision": "a" * 40})
+    tables = build_tables([read_run(tmp_path)])
+    assert tables.environment["git revision"].tolist() == ["a" * 12 + ", " + "b" * 12]
 
 
 def test_report_step_closes_the_pipeline():

@@ -530,13 +530,23 @@ def environment_table(runs: list[RunData], ctxs: list[Context]) -> pd.DataFrame:
                 "libraries": ", ".join(f"{k} {v}" for k, v in sorted(libraries.items())),
                 "job ids": job_ids
                 or (", ".join(sorted(set(timings["file"].dropna()))) if len(timings) else ""),
-                "git revision": _cell_text(machine.get("git_revision"))[:12],
+                "git revision": _revisions(run.manifest)
+                or _cell_text(machine.get("git_revision"))[:12],
             }
         )
     return pd.DataFrame(rows)
 
 
 TIMING_KEYS = ("file",)
+
+
+def _revisions(manifest: dict) -> str:
+    """The code revisions the run's jobs ran (short, sorted), from their manifest entries."""
+    jobs = manifest.get("jobs") or {}
+    found = {
+        _cell_text(job.get("git_revision"))[:12] for job in jobs.values() if isinstance(job, dict)
+    }
+    return ", ".join(sorted(found - {""}))
 
 
 def _dict_items(value: Any) -> dict[str, str]:
