@@ -373,6 +373,24 @@ def test_evaluate_cli_for_the_openvino_variants(optimized_run, tmp_path):
         assert "bf16" in skipped  # the report shows this reason in the gap
 
 
+def test_a_cpu_without_bf16_skips_openvino_bf16_with_its_reason(
+    optimized_run, tmp_path, monkeypatch
+):
+    """The AVX2 / AVX-512-without-bf16 path, on any CPU: what the plugin reports decides."""
+    run = tmp_path / "run"
+    shutil.copytree(optimized_run / "models" / "backup1", run / "models" / "backup1")
+    monkeypatch.setattr(openvino_engines, "cpu_capabilities", lambda: ["FP32", "INT8"])
+    with pytest.raises(VariantUnsupported, match="capabilities are FP32, INT8"):
+        create_engine(run, "backup1", "openvino-bf16")
+    args = ["evaluate", "--run", run, "--model", "backup1", "--variant", "openvino-bf16"]
+    result = invoke(*args, "--limit", 100)
+    assert result.exit_code == 1 and "native bf16" in result.output
+    result = invoke(*args, "--limit", 100, "--skip-unsupported")
+    assert result.exit_code == 0 and "skipped backup1 (openvino-bf16)" in result.output
+    assert not RunLayout(run).metrics("backup1", "openvino-bf16").exists()
+    assert "bf16" in read_manifest(run)["evaluations"]["backup1__openvino-bf16"]["skipped"]
+
+
 def test_optimize_and_benchmark_commands_have_help_with_an_example():
     for command in ("optimize", "benchmark"):
         result = invoke(command, "--help")
