@@ -162,9 +162,15 @@ def test_run_reports_failed_steps_and_exits_nonzero(tmp_path, monkeypatch):
         name = "after"
         needs = ["broken"]
         command = "data info"
+        [[steps]]
+        name = "last"
+        needs = ["after"]
+        command = "data info"
     """)
     )
     monkeypatch.setenv("FMNIST_PIPELINE", str(spec))
     result = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "run")])
     assert result.exit_code == 1
-    assert "broken (failed), after (held)" in result.output
+    assert "broken (failed), after (held), last (held)" in result.output
+    # Held two steps down too: a step after a held one never starts.
+    assert "[start]   last" not in result.output

@@ -149,15 +149,7 @@ def run_local(
     outcomes: dict[str, TaskOutcome] = {}
     pending = list(tasks)
     while pending:
-        blocked = [
-            t
-            for t in pending
-            if any(outcomes.get(n) and outcomes[n].status in ("failed", "held") for n in t.needs)
-        ]
-        for task in blocked:
-            outcomes[task.id] = TaskOutcome(task.id, "held")
-            progress(f"[held]    {task.id} (a step it needs failed)")
-        pending = [t for t in pending if t not in blocked]
+        pending = _hold_back(pending, outcomes, progress)
         ready = [t for t in pending if all(n in outcomes for n in t.needs)]
         if not ready:
             break
@@ -181,6 +173,29 @@ def run_local(
                 f"({outcome.seconds:.1f}s{tail})"
             )
     return [outcomes[t.id] for t in tasks if t.id in outcomes]
+
+
+def _hold_back(
+    pending: list[Task], outcomes: dict[str, TaskOutcome], progress: Callable[[str], None]
+) -> list[Task]:
+    """Mark held every pending task downstream of a failure; return the others.
+
+    Repeated until nothing changes: a task held here holds back its own dependents in
+    the same pass, so none of them is taken as ready with a held step behind it.
+    """
+    stopped = ("failed", "held")
+    while True:
+        blocked = [
+            t
+            for t in pending
+            if any(outcomes.get(n) and outcomes[n].status in stopped for n in t.needs)
+        ]
+        if not blocked:
+            return pending
+        for task in blocked:
+            outcomes[task.id] = TaskOutcome(task.id, "held")
+            progress(f"[held]    {task.id} (a step it needs failed)")
+        pending = [t for t in pending if t not in blocked]
 
 
 def plan_pipeline(profile: str, run: Path | str | None = None) -> tuple[list[Task], Path]:
