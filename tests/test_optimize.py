@@ -391,6 +391,40 @@ def test_a_cpu_without_bf16_skips_openvino_bf16_with_its_reason(
     assert "bf16" in read_manifest(run)["evaluations"]["backup1__openvino-bf16"]["skipped"]
 
 
+def test_bf16_the_plugin_cannot_compile_is_skipped_with_the_plugins_reason(optimized_run, tmp_path):
+    """oneDNN capped at AVX2: the plugin may still report BF16 but has no bf16 pooling."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(optimized_run / "models" / "main", run / "models" / "main")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    command = [sys.executable, "-m", "fmnist", "evaluate", "--run", str(run), "--model", "main"]
+    command += ["--variant", "openvino-bf16", "--limit", "50", "--skip-unsupported"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipped main (openvino-bf16)" in result.stdout + result.stderr
+    reason = read_manifest(run)["evaluations"]["main__openvino-bf16"]["skipped"]
+    assert "bf16" in reason and "Exception from" not in reason, reason
+
+
+def test_openvino_errors_are_cut_to_their_reason():
+    from fmnist.engines.openvino import plugin_reason
+
+    message = (
+        "Exception from src/inference/src/cpp/core.cpp:117:\n"
+        "Exception from src/inference/src/dev/plugin.cpp:54:\n"
+        "Check '!getSupportedPrimitiveDescriptors().empty()' failed at node.cpp:345:\n"
+        "Supported primitive descriptors list is empty for node: MaxPool_124 type: Pooling\n\n"
+    )
+    assert plugin_reason(RuntimeError(message)) == (
+        "Supported primitive descriptors list is empty for node: MaxPool_124 type: Pooling"
+    )
+    assert plugin_reason(RuntimeError("Exception from x.cpp:1:")) == "Exception from x.cpp:1:"
+    assert plugin_reason(RuntimeError("")) == "no reason given"
+
+
 def test_optimize_and_benchmark_commands_have_help_with_an_example():
     for command in ("optimize", "benchmark"):
         result = invoke(command, "--help")

@@ -60,6 +60,17 @@ def _precision_name(value) -> str:
     return {"float32": "f32", "fp32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(text, text)
 
 
+def plugin_reason(exc: Exception) -> str:
+    """The line of an OpenVINO error that says what went wrong.
+
+    The runtime's messages open with a trace of 'Exception from <file>:<line>:' and
+    'Check ... failed at ...' lines; the reason is the last line after them.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return (reasons or lines or ["no reason given"])[-1]
+
+
 def read_ir(xml: Path):
     """Read an IR, with a clear error naming the file when it is missing or damaged."""
     xml = Path(xml)
@@ -72,8 +83,7 @@ def read_ir(xml: Path):
     try:
         return core().read_model(str(xml), str(bin_path))
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
-        raise FmnistError(f"{xml}: cannot read OpenVINO IR ({first_line})") from exc
+        raise FmnistError(f"{xml}: cannot read OpenVINO IR ({plugin_reason(exc)})") from exc
 
 
 # Where an INT8 IR says it needs int8 dot products (VNNI or AMX): its first layer keeps
@@ -121,8 +131,13 @@ def compile_ir(xml: Path, precision: str, mode: str, batch: int | None = None):
     try:
         compiled = core().compile_model(model, "CPU", config)
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "failed"
-        raise FmnistError(f"{xml}: OpenVINO cannot compile this IR ({first_line})") from exc
+        if precision == "bf16":
+            # The plugin can report BF16 yet lack bf16 kernels for a layer, e.g. with
+            # oneDNN's ISA capped (ONEDNN_MAX_CPU_ISA=AVX2): this CPU cannot run it.
+            raise VariantUnsupported(
+                f"{xml}: the CPU plugin cannot compile this IR for bf16 ({plugin_reason(exc)})"
+            ) from exc
+        raise FmnistError(f"{xml}: OpenVINO cannot compile this IR ({plugin_reason(exc)})") from exc
     executed = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
     if executed != precision:
         raise VariantUnsupported(
