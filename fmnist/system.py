@@ -77,9 +77,23 @@ def cpu_flags() -> set[str]:
         return set()
 
 
-def has_int8_dot_product(flags: set[str] | None = None) -> bool:
-    """Whether the CPU (``flags``, else this one's) has VNNI or AMX int8 dot products."""
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below every int8 dot-product ISA. OpenVINO's CPU
+# plugin honours the cap: under AVX2 it runs int8 convolutions with jit_avx2_I8 kernels
+# even on a CPU with VNNI.
+ISA_CAPS_WITHOUT_INT8_DOT_PRODUCT = ("SSE41", "AVX", "AVX2", "AVX512_CORE")
+
+
+def has_int8_dot_product(flags: set[str] | None = None, isa_cap: str | None = None) -> bool:
+    """Whether int8 kernels here use VNNI or AMX dot products.
+
+    ``flags``: the CPU's (default: this one's); ``isa_cap``: oneDNN's ISA cap (default:
+    ``ONEDNN_MAX_CPU_ISA``, or its older name ``DNNL_MAX_CPU_ISA``).
+    """
     flags = cpu_flags() if flags is None else flags
+    if isa_cap is None:
+        isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA", "")
+    if isa_cap.strip().upper() in ISA_CAPS_WITHOUT_INT8_DOT_PRODUCT:
+        return False
     return any(flag in flags for flag in INT8_DOT_PRODUCT_FLAGS)
 
 

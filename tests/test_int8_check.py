@@ -287,6 +287,13 @@ def test_int8_dot_product_flags():
     assert has_int8_dot_product({"avx2", "avx512f", "avx512_vnni"})  # Cascade Lake on
     assert has_int8_dot_product({"avx2", "avx_vnni"})  # Alder Lake
     assert has_int8_dot_product({"amx_int8"})
+    # oneDNN's ISA cap, which OpenVINO's int8 kernels follow.
+    vnni = {"avx2", "avx512f", "avx512_vnni"}
+    assert not has_int8_dot_product(vnni, isa_cap="AVX2")
+    assert not has_int8_dot_product(vnni, isa_cap="avx512_core")
+    assert has_int8_dot_product(vnni, isa_cap="AVX512_CORE_VNNI")
+    assert has_int8_dot_product(vnni, isa_cap="")
+    assert not has_int8_dot_product({"avx2"}, isa_cap="ALL")
 
 
 def test_when_nothing_passes_the_last_method_is_kept_and_marked():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -295,6 +298,14 @@ def test_an_int8_ir_needing_vnni_runs_only_where_the_cpu_has_it(
     if has_int8_dot_product():
         engine = create_engine(run, "backup1", "openvino-int8", "throughput")
         assert engine.predict(images[:10]).shape == (10, 10)
+    # oneDNN capped below VNNI, as OpenVINO's int8 kernels then are: refused for real.
+    command = [sys.executable, "-m", "fmnist", "evaluate", "--run", str(run), "--model"]
+    command += ["backup1", "--variant", "openvino-int8", "--limit", "50", "--skip-unsupported"]
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    capped = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert capped.returncode == 0, capped.stderr[-2000:]
+    skipped = read_manifest(run)["evaluations"]["backup1__openvino-int8"]["skipped"]
+    assert "VNNI or AMX" in skipped and "ONEDNN_MAX_CPU_ISA" in skipped
     # What a CPU without VNNI or AMX sees (this one's flags come from /proc/cpuinfo).
     monkeypatch.setattr(openvino_engines, "has_int8_dot_product", lambda: False)
     with pytest.raises(VariantUnsupported, match=f"{xml}: .*VNNI or AMX"):
@@ -393,10 +404,6 @@ def test_a_cpu_without_bf16_skips_openvino_bf16_with_its_reason(
 
 def test_bf16_the_plugin_cannot_compile_is_skipped_with_the_plugins_reason(optimized_run, tmp_path):
     """oneDNN capped at AVX2: the plugin may still report BF16 but has no bf16 pooling."""
-    import os
-    import subprocess
-    import sys
-
     run = tmp_path / "run"
     shutil.copytree(optimized_run / "models" / "main", run / "models" / "main")
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}

@@ -119,8 +119,9 @@ def compile_ir(xml: Path, precision: str, mode: str, batch: int | None = None):
     if needs_int8_dot_product(model) and not has_int8_dot_product():
         raise VariantUnsupported(
             f"{xml}: this INT8 IR keeps 8-bit weights in its first layer, checked for CPUs "
-            "with VNNI or AMX; this CPU has neither, and its int8 products can saturate "
-            "(run 'fmnist-batch optimize --int8' on this node type)"
+            "with VNNI or AMX; int8 kernels here use neither (the CPU's flags, or "
+            "ONEDNN_MAX_CPU_ISA), and their int8 products can saturate (run 'fmnist-batch "
+            "optimize --int8' on this node type)"
         )
     if batch is not None:
         model.reshape([batch, *INPUT_SHAPE])
