@@ -101,7 +101,7 @@ def predicted_blocks(
     An engine with ``predict_many`` (OpenVINO) gets the batches of every block as one
     stream, so its parallel infer requests stay busy from one block to the next; a
     block comes back once its last batch has. It must be done with a batch's array
-    when it asks for the next batch (OpenVINO's copies it into a request).
+    when it asks for the next batch (the OpenVINO engine copies it into a request).
     """
     many = getattr(engine, "predict_many", None)
     if many is None:
