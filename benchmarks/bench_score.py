@@ -132,7 +132,7 @@ def engine_rate(
     batches = [test[i : i + batch_size] for i in range(0, len(test), batch_size)]
     for batch in batches[:4]:  # warm-up
         engine.predict(batch)
-    # Driven as the scorer drives it: a block's batches at once where the engine can.
+    # Driven as the scorer drives it: batches streamed to predict_many where the engine has it.
     many = getattr(engine, "predict_many", None)
     done, started, cpu_started = 0, time.perf_counter(), time.process_time()
     while done < images:

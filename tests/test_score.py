@@ -21,7 +21,7 @@ from conftest import SCORE_ROWS as ROWS
 from conftest import check_predictions, read_parts, read_rejects, score_args
 
 from fmnist.cli import main
-from fmnist.data import CSV_HEADER, to_model_input
+from fmnist.data import CSV_HEADER
 from fmnist.io import FmnistError, RunLayout, write_parquet_atomic
 from fmnist.jobenv import require_array_index
 from fmnist.scoring.csv_input import byte_range, inspect_csv
@@ -30,9 +30,7 @@ from fmnist.scoring.score import (
     ScoreConfig,
     default_out_dir,
     default_variant,
-    model_batches,
     parse_shard_option,
-    prefetched,
     score_shards,
 )
 from fmnist.scoring.shards import (
@@ -538,31 +536,6 @@ def test_workers_score_shards_in_parallel_processes(tmp_path, trained_run, sampl
     check_predictions(read_parts(out, 3), reference, np.arange(ROWS))
 
 
-def test_prefetched_keeps_order_raises_errors_and_stops_early():
-    assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
-
-    def failing():
-        yield 1
-        raise FmnistError("broken input at row 7")
-
-    got = []
-    with pytest.raises(FmnistError, match="row 7"):
-        for item in prefetched(failing()):
-            got.append(item)
-    assert got == [1]
-    produced = []
-
-    def endless():
-        for i in range(10**9):
-            produced.append(i)
-            yield i
-
-    stream = prefetched(endless())
-    assert next(stream) == 0
-    stream.close()  # joins the thread: it must notice and stop
-    assert len(produced) < 5
-
-
 def test_a_truncated_gzip_fails_midway_and_leaves_nothing(tmp_path, trained_run, dataset_dir):
     source = tmp_path / "big.csv.gz"
     made = CliRunner().invoke(main, ["data", "to-csv", "--limit", "2500", "--out", str(source)])
@@ -586,12 +559,3 @@ def test_buffered_writer_writes_large_row_groups(tmp_path):
     sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
     assert sizes == [140, 140, 70] and writer.rows == 350
     assert np.array_equal(pq.read_table(tmp_path / "t.parquet")["row_id"], np.arange(350))
-
-
-def test_model_batches_pad_the_short_last_batch_to_a_few_sizes(dataset):
-    pixels = dataset.test.images[:300].reshape(300, -1)
-    batches = list(model_batches(pixels, 128))
-    assert [(len(images), rows) for images, rows in batches] == [(128, 128), (128, 128), (64, 44)]
-    last, rows = batches[-1]
-    assert np.array_equal(last[:rows], to_model_input(dataset.test.images[256:300]))
-    assert not last[rows:].any()

@@ -7,7 +7,7 @@ what a "f32" figure means. The precision the compiled model reports back is reco
 Latency mode keeps one infer request and one preallocated input tensor per batch size
 that shares memory with a NumPy array: a call copies the batch into that array and
 runs the request, with no per-call allocation or dictionary building. Throughput mode
-keeps the plugin's optimal number of requests busy through an ``AsyncInferQueue``.
+keeps twice the plugin's optimal number of requests busy through an ``AsyncInferQueue``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ INPUT_SHAPE = (28, 28, 1)
 # registry's variant_artifact; an int8 IR runs its quantized layers in int8).
 VARIANT_PRECISION = {"openvino-f32": "f32", "openvino-bf16": "bf16", "openvino-int8": "f32"}
 PERFORMANCE_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+# Throughput mode queues this many requests per optimal request (one per stream): while
+# one runs, the next waits in the stream's queue, so no stream idles while Python reads
+# a result and hands over the next batch (a parser thread may hold the GIL meanwhile).
+QUEUED_PER_REQUEST = 2
 
 
 class VariantUnsupported(FmnistError):
@@ -217,6 +221,7 @@ class OpenVINOEngine:
         self._xml, self._precision = xml, precision
         self.compiled = compile_ir(xml, precision, mode, 1 if mode == "latency" else None)
         self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.queued_requests = QUEUED_PER_REQUEST * self.requests
         self.info = EngineInfo(
             variant=variant,
             model_path=str(xml),
@@ -229,6 +234,7 @@ class OpenVINOEngine:
                 ),
                 "streams": int(self.compiled.get_property("NUM_STREAMS")),
                 "infer_requests": self.requests,
+                "queued_requests": self.queued_requests,
                 "ir": VARIANT_ARTIFACT[variant],
                 "batch_1_static": mode == "latency",
             },
@@ -263,13 +269,26 @@ class OpenVINOEngine:
         if self._queue is None:
             import openvino as ov
 
-            self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
+            self._queue = ov.AsyncInferQueue(self.compiled, self.queued_requests)
             # Read-only access to each request, wrapped once rather than per batch.
-            self._queue_requests = [self._queue[i] for i in range(self.requests)]
+            self._queue_requests = [self._queue[i] for i in range(self.queued_requests)]
+            self._queue_inputs: list[np.ndarray | None] = [None] * self.queued_requests
         return self._queue
 
+    def _request_input(self, request_id: int, rows: int) -> np.ndarray:
+        """The idle request's own input array for ``rows`` images, grown when a batch is larger."""
+        array = self._queue_inputs[request_id]
+        if array is None or len(array) < rows:
+            array = np.empty((rows, *INPUT_SHAPE), dtype=np.float32)
+            self._queue_inputs[request_id] = array
+        return array[:rows]
+
     def predict_many(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Probabilities for each batch, in order, keeping every infer request busy."""
+        """Probabilities for each batch, in order, keeping every infer request busy.
+
+        A batch is copied into the request that runs it when it is taken, so the caller
+        may write the next batch into the same array.
+        """
         if self.mode == "latency":
             for batch in batches:
                 yield self._infer_one(batch)
@@ -281,25 +300,30 @@ class OpenVINOEngine:
         # No Python callback: a request that comes back idle still holds the output of
         # the batch it ran, which is read before the request is reused (as benchmark_app
         # does). Completion threads then never need the GIL.
-        in_flight: dict[int, tuple[int, np.ndarray]] = {}  # request id -> (batch index, input)
+        in_flight: dict[int, int] = {}  # request id -> batch index
         results: dict[int, np.ndarray] = {}
         next_out = 0
-        for index, batch in enumerate(batches):
-            request_id = queue.get_idle_request_id()
-            if request_id in in_flight:
-                done_index, _ = in_flight.pop(request_id)
-                results[done_index] = requests[request_id].get_output_tensor(0).data.copy()
-            batch = np.ascontiguousarray(batch, dtype=np.float32)
-            # The request reads the batch in place; in_flight keeps the array alive.
-            requests[request_id].set_input_tensor(ov.Tensor(batch, shared_memory=True))
-            queue.start_async()
-            in_flight[request_id] = (index, batch)
-            while next_out in results:
-                yield results.pop(next_out)
-                next_out += 1
-        queue.wait_all()
-        for request_id, (done_index, _) in in_flight.items():
-            results[done_index] = requests[request_id].get_output_tensor(0).data.copy()
+        try:
+            for index, batch in enumerate(batches):
+                request_id = queue.get_idle_request_id()
+                if request_id in in_flight:
+                    done = in_flight.pop(request_id)
+                    results[done] = requests[request_id].get_output_tensor(0).data.copy()
+                # Each request reads its own array in place: no allocation per batch.
+                own = self._request_input(request_id, len(batch))
+                np.copyto(own, batch)
+                requests[request_id].set_input_tensor(ov.Tensor(own, shared_memory=True))
+                queue.start_async()
+                in_flight[request_id] = index
+                while next_out in results:
+                    yield results.pop(next_out)
+                    next_out += 1
+        finally:
+            # Also when the caller stops early or the batches raise: the next call
+            # finds every request idle, its input array free to grow.
+            queue.wait_all()
+        for request_id, done in in_flight.items():
+            results[done] = requests[request_id].get_output_tensor(0).data.copy()
         while next_out in results:
             yield results.pop(next_out)
             next_out += 1

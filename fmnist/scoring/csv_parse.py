@@ -30,6 +30,7 @@ from fmnist.data import CSV_HEADER, PIXELS
 from fmnist.scoring.rows import (
     ParsedBlock,
     Reject,
+    column_major_pixels,
     highest,
     join_blocks,
     number_problem,
@@ -278,7 +279,7 @@ def _from_table(table: pa.Table, first_row: int, csv: CsvInput) -> ParsedBlock:
     # Column by column into rows of a (pixels, rows) array writes memory in order; its
     # (rows, pixels) view is transposed back batch by batch when images are made.
     # Assignment casts float64 columns, already checked whole and in range, to uint8.
-    by_column = np.empty((PIXELS, table.num_rows), dtype=np.uint8)
+    by_column = column_major_pixels(table.num_rows, PIXELS)
     start = 0
     for batch in table.to_batches():
         stop = start + batch.num_rows

@@ -35,6 +35,7 @@ from fmnist.scoring.rows import (
     InputShard,
     ParsedBlock,
     Reject,
+    column_major_pixels,
     highest,
     normalized_example,
     normalized_message,
@@ -294,7 +295,7 @@ def parse_batch(batch: pa.RecordBatch, first_row: int, source: ParquetInput) -> 
         # Column by column into a (pixels, rows) array writes memory in order; its
         # (rows, pixels) view is transposed back batch by batch when images are made.
         index = {name: i for i, name in enumerate(batch.schema.names)}
-        by_column = np.empty((PIXELS, rows), dtype=np.uint8)
+        by_column = column_major_pixels(rows, PIXELS)
         for column, name in enumerate(PIXEL_COLUMNS):
             by_column[column], column_bad = _as_uint8(batch.column(index[name]), is_label=False)
             if column_bad is not None:

@@ -17,26 +17,23 @@ import ctypes
 import os
 import socket
 import sys
-import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from queue import Full, Queue
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fmnist.data import CLASS_NAMES, to_model_input
 from fmnist.engines import available_variants, create_engine, variant_artifact
 from fmnist.engines.int8_check import Int8Check
 from fmnist.io import FmnistError, RunLayout, atomic_path, sha256_file, sha256_files
 from fmnist.jobenv import record_job, require_array_index
 from fmnist.scoring.csv_input import BLOCK_BYTES, GZIP_BLOCK_ROWS
 from fmnist.scoring.inputs import ScoringInput, input_fingerprint, open_input
+from fmnist.scoring.overlap import scored_blocks
 from fmnist.scoring.rows import InputShard, ParsedBlock, Reject, reject_position
 from fmnist.scoring.shards import (
     DEFAULT_MAX_REJECTS,
@@ -57,7 +54,6 @@ from fmnist.system import peak_rss_bytes, rss_bytes
 
 ON_BAD_ROW = ("reject", "fail")
 M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
-PAD_ROWS = 32  # a block's last batch is padded to a multiple of this (see model_batches)
 
 
 @dataclass(frozen=True)
@@ -215,95 +211,6 @@ def cached_engine(run: Path, model: str, variant: str):
 
 
 # --------------------------------------------------------------------------- scoring
-
-
-def model_batches(pixels: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
-    """Model inputs of ``batch_size`` rows, and how many rows of each are real.
-
-    A short last batch is padded with blank images to a multiple of PAD_ROWS: engines
-    keep what they build for each batch size they see (kernels, buffers, traced
-    graphs), and every block's odd remainder would otherwise add one, so memory would
-    grow with the input.
-    """
-    for start in range(0, len(pixels), batch_size):
-        images = to_model_input(pixels[start : start + batch_size].reshape(-1, 28, 28))
-        rows = len(images)
-        padded = -(-rows // PAD_ROWS) * PAD_ROWS
-        if padded != rows:
-            blank = np.zeros((padded - rows, *images.shape[1:]), np.float32)
-            images = np.concatenate([images, blank])
-        yield images, rows
-
-
-def predict_block(engine, parsed: ParsedBlock, batch_size: int) -> np.ndarray:
-    """Probabilities (n, 10) for the valid rows of a block, ``batch_size`` at a time.
-
-    An engine with ``predict_many`` (OpenVINO) gets the block's batches as a stream and
-    keeps its parallel infer requests busy while the next batch is converted.
-    """
-    batches = model_batches(parsed.pixels, batch_size)
-    many = getattr(engine, "predict_many", None)
-    if many is None:
-        parts = [engine.predict(images)[:rows] for images, rows in batches]
-    else:
-        in_flight: deque[tuple[np.ndarray, int]] = deque()  # requests read these in place
-
-        def kept_alive() -> Iterator[np.ndarray]:
-            for images, rows in batches:
-                in_flight.append((images, rows))
-                yield images
-
-        parts = []
-        for output in many(kept_alive()):
-            _, rows = in_flight.popleft()  # its result is back: the oldest input is free
-            parts.append(output[:rows])
-    return np.concatenate(parts) if parts else np.empty((0, len(CLASS_NAMES)), np.float32)
-
-
-_DONE = object()
-
-
-def prefetched(items: Iterator, depth: int = 1) -> Iterator:
-    """Yield from ``items``, computed in a background thread up to ``depth`` items ahead.
-
-    pyarrow's parser and the engines release the GIL, so the next block is parsed
-    while this one is scored. An exception in the thread is raised here; stopping
-    early stops the thread.
-    """
-    queue: Queue = Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(entry) -> bool:
-        while not stop.is_set():
-            try:
-                queue.put(entry, timeout=0.1)
-                return True
-            except Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put((item, None)):
-                    return
-            put((_DONE, None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            put((None, exc))
-
-    thread = threading.Thread(target=produce, name="csv-parser", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = queue.get()
-            if error is not None:
-                raise error
-            if item is _DONE:
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _bad_row_error(source: ScoringInput, reject: Reject) -> FmnistError:
@@ -519,10 +426,8 @@ def _write_shard(
     ):
         predictions = BufferedWriter(part_tmp, schema, config.row_group_rows)
         rejects = BufferedWriter(rejects_tmp, REJECT_SCHEMA, config.row_group_rows)
-        # Parse in the background: a reader may reuse its buffer, so each block is
-        # parsed before the next one is read, and only parsed blocks cross threads.
         parsed: ParsedBlock
-        for parsed in prefetched(shard.blocks):
+        for parsed, probs in scored_blocks(engine, shard.blocks, config.batch_size):
             if parsed.rejects:
                 if config.on_bad_row == "fail":
                     raise _bad_row_error(source, parsed.rejects[0])
@@ -531,7 +436,6 @@ def _write_shard(
             rows_read += parsed.rows
             if limit.certain_to_exceed(rejects.rows, shard.valid_rows_at_most):
                 raise _OverLimit(rows_read, rejects.rows, early=True)
-            probs = predict_block(engine, parsed, config.batch_size)
             predictions.add(predictions_table(schema, parsed.row_ids, probs, parsed.labels))
             if time.perf_counter() - last_report >= 5:
                 last_report = time.perf_counter()
