@@ -318,10 +318,10 @@ def evaluate_command(run, model, variant, limit, skip_unsupported, data_dir):
 )
 @click.option(
     "--dense-as-conv/--no-dense-as-conv",
-    default=True,
-    show_default=True,
+    default=None,
     help="Quantize a large Flatten + Dense head as the equivalent convolution, which the "
-    "CPU's int8 kernels run faster where there is no VNNI.",
+    "CPU's int8 kernels run faster where there is no VNNI [default: only where int8 "
+    "kernels have no VNNI or AMX].",
 )
 @data_dir_option
 def optimize_command(

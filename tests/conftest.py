@@ -340,3 +340,10 @@ def check_predictions(frame, reference, rows) -> None:
     assert np.array_equal(frame["pred"], reference[rows].argmax(axis=1))
     assert list(frame["pred_name"]) == [CLASS_NAMES[p] for p in frame["pred"]]
     np.testing.assert_allclose(frame["confidence"], reference[rows].max(axis=1), atol=1e-5)
+
+
+def run_with_model(source: Path, model: str, tmp_path: Path) -> Path:
+    """A fresh run directory ``tmp_path/run`` holding one model copied from ``source``."""
+    run = tmp_path / "run"
+    shutil.copytree(source / "models" / model, run / "models" / model)
+    return run

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import run_with_model
 
 from fmnist.bench.config import BenchConfig, parse_batch_sizes, parse_variants
 from fmnist.bench.latency import latency_stats, time_calls
@@ -201,8 +202,7 @@ def test_onednn_settings_really_differ_and_the_wrong_one_is_refused(trained_run)
 
 @pytest.mark.slow
 def test_evaluate_runs_both_onednn_variants(trained_run, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(trained_run / "models" / "backup1", run / "models" / "backup1")
+    run = run_with_model(trained_run, "backup1", tmp_path)
     # One of the two settings differs from this process's TensorFlow: a fresh process.
     for variant in ("keras-onednn-off", "keras-onednn-on"):
         result = invoke(
@@ -291,8 +291,7 @@ def test_benchmark_cli_writes_timings_with_the_yardstick(ir_run, monkeypatch):
 
 @pytest.mark.slow
 def test_benchmark_records_a_missing_ir_as_failed_and_exits_non_zero(trained_run, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(trained_run / "models" / "backup1", run / "models" / "backup1")
+    run = run_with_model(trained_run, "backup1", tmp_path)
     result = invoke(
         "benchmark", "--run", run, "--model", "backup1", "--variants", "openvino-f32",
         "--iterations", 5, "--max-seconds", 0.1,

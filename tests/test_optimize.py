@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import run_with_model
 
 from fmnist.cli import main
 from fmnist.data import to_model_input
@@ -148,7 +149,13 @@ def test_main_int8_is_quantized_from_its_convolution_head(trained_run, tmp_path,
     shutil.copytree(trained_run, run)
     # A wide drop bound: this test is about the graph, not about accuracy control.
     config = OptimizeConfig(
-        "main", int8=True, calibration_size=50, validation_size=300, parity_size=32, bounds=ANY_INT8
+        "main",
+        int8=True,
+        calibration_size=50,
+        validation_size=300,
+        parity_size=32,
+        bounds=ANY_INT8,
+        dense_as_conv=True,  # the default only where int8 kernels have no VNNI
     )
     result = optimize_model(run, config, progress=lambda m: None)
     (rewrite,) = result.int8["rewrites"]
@@ -225,8 +232,7 @@ def test_int8_check_figures_are_the_engines_probabilities(optimized_run):
 
 def test_int8_keeps_the_probabilities_on_test_images(optimized_run, tmp_path):
     """evaluate's figures on test images the check never saw, and score's choice."""
-    run = tmp_path / "run"
-    shutil.copytree(optimized_run / "models" / "backup1", run / "models" / "backup1")
+    run = run_with_model(optimized_run, "backup1", tmp_path)
     for variant in ("openvino-f32", "openvino-int8"):
         result = invoke(
             "evaluate", "--run", run, "--model", "backup1", "--variant", variant, "--limit", 2000
@@ -286,8 +292,7 @@ def test_bf16_runs_only_where_the_cpu_has_it(optimized_run):
 def test_an_int8_ir_needing_vnni_runs_only_where_the_cpu_has_it(
     optimized_run, tmp_path, monkeypatch, test_images
 ):
-    run = tmp_path / "run"
-    shutil.copytree(optimized_run / "models" / "backup1", run / "models" / "backup1")
+    run = run_with_model(optimized_run, "backup1", tmp_path)
     xml = RunLayout(run).openvino_ir("backup1", "int8")
     model = core().read_model(str(xml))
     mark_needs_int8_dot_product(model)
@@ -339,8 +344,7 @@ def test_missing_or_corrupt_ir_is_an_error_naming_the_file(optimized_run, tmp_pa
 
 
 def test_truncated_weights_are_an_error_naming_the_file(optimized_run, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(optimized_run / "models" / "backup1", run / "models" / "backup1")
+    run = run_with_model(optimized_run, "backup1", tmp_path)
     weights = RunLayout(run).openvino_ir("backup1", "f32").with_suffix(".bin")
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(FmnistError, match="backup1/openvino/f32/model.xml"):
@@ -348,8 +352,7 @@ def test_truncated_weights_are_an_error_naming_the_file(optimized_run, tmp_path)
 
 
 def test_optimize_cli_writes_the_f32_ir(trained_run, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(trained_run / "models" / "backup1", run / "models" / "backup1")
+    run = run_with_model(trained_run, "backup1", tmp_path)
     result = invoke("optimize", "--run", run, "--model", "backup1")
     assert result.exit_code == 0, result.output
     assert "backup1: f32 IR" in result.output and "max |IR - Keras|" in result.output
@@ -362,8 +365,7 @@ def test_optimize_cli_writes_the_f32_ir(trained_run, tmp_path):
 
 
 def test_evaluate_cli_for_the_openvino_variants(optimized_run, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(optimized_run / "models" / "backup1", run / "models" / "backup1")
+    run = run_with_model(optimized_run, "backup1", tmp_path)
     for variant in ("openvino-f32", "openvino-int8"):
         result = invoke(
             "evaluate", "--run", run, "--model", "backup1", "--variant", variant, "--limit", 500
@@ -388,8 +390,7 @@ def test_a_cpu_without_bf16_skips_openvino_bf16_with_its_reason(
     optimized_run, tmp_path, monkeypatch
 ):
     """The AVX2 / AVX-512-without-bf16 path, on any CPU: what the plugin reports decides."""
-    run = tmp_path / "run"
-    shutil.copytree(optimized_run / "models" / "backup1", run / "models" / "backup1")
+    run = run_with_model(optimized_run, "backup1", tmp_path)
     monkeypatch.setattr(openvino_engines, "cpu_capabilities", lambda: ["FP32", "INT8"])
     with pytest.raises(VariantUnsupported, match="capabilities are FP32, INT8"):
         create_engine(run, "backup1", "openvino-bf16")
@@ -404,8 +405,7 @@ def test_a_cpu_without_bf16_skips_openvino_bf16_with_its_reason(
 
 def test_bf16_the_plugin_cannot_compile_is_skipped_with_the_plugins_reason(optimized_run, tmp_path):
     """oneDNN capped at AVX2: the plugin may still report BF16 but has no bf16 pooling."""
-    run = tmp_path / "run"
-    shutil.copytree(optimized_run / "models" / "main", run / "models" / "main")
+    run = run_with_model(optimized_run, "main", tmp_path)
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
     command = [sys.executable, "-m", "fmnist", "evaluate", "--run", str(run), "--model", "main"]
     command += ["--variant", "openvino-bf16", "--limit", "50", "--skip-unsupported"]
