@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import textwrap
 
 import pytest
@@ -10,8 +13,9 @@ from click.testing import CliRunner
 from fmnist.cli import main
 from fmnist.engines import VARIANTS
 from fmnist.io import FmnistError
-from fmnist.pipeline.executor import run_local
-from fmnist.pipeline.spec import expand, load_pipeline
+from fmnist.pipeline import executor
+from fmnist.pipeline.executor import run_job_tasks, run_local, run_task
+from fmnist.pipeline.spec import Task, expand, load_pipeline
 
 SPEC = """
 [profiles.small]
@@ -174,3 +178,17 @@ def test_run_reports_failed_steps_and_exits_nonzero(tmp_path, monkeypatch):
     assert "broken (failed), after (held), last (held)" in result.output
     # Held two steps down too: a step after a held one never starts.
     assert "[start]   last" not in result.output
+
+
+def test_a_task_a_signal_ends_leaves_its_python_stack_and_names_the_signal(tmp_path, monkeypatch):
+    # As a native crash in a runtime's kernels would end an fmnist-batch command.
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    monkeypatch.setattr(executor, "cli_command", lambda args: [sys.executable, "-c", crash])
+    task = Task("evaluate:m:v", "evaluate", ("evaluate",), (tmp_path / "never",), (), {}, {})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONFAULT", "FMNIST_"))}
+
+    outcome = run_task(task, env, [None], tmp_path / "logs")
+    assert outcome.status == "failed" and outcome.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in outcome.log.read_text()
+    with pytest.raises(FmnistError, match=r"evaluate:m:v failed with SIGSEGV \(exit status -11\)"):
+        run_job_tasks([task], env, progress=lambda m: None)

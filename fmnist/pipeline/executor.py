@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,17 @@ class TaskOutcome:
 def cli_command(args: tuple[str, ...]) -> list[str]:
     """The process command line that runs ``fmnist-batch ARGS`` with this interpreter."""
     return [sys.executable, "-m", "fmnist", *args]
+
+
+def exit_description(returncode: int) -> str:
+    """'exit status 1', or for a process a signal ended 'SIGSEGV (exit status -11)'."""
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"{name} (exit status {returncode})"
 
 
 def log_path(log_dir: Path, task_id: str, index: int | None = None) -> Path:
@@ -75,7 +87,9 @@ def run_task(
     started = time.perf_counter()
     returncode, log = 0, None
     for index in indices:
-        element_env = {**env, "FMNIST_TASK_ID": task.id}
+        # A native crash (SIGSEGV in a runtime's kernels, say) then leaves every thread's
+        # Python stack in the task's log: the only trace a rare crash in a job leaves.
+        element_env = {"PYTHONFAULTHANDLER": "1", **env, "FMNIST_TASK_ID": task.id}
         if index is not None:
             element_env["FMNIST_ARRAY_INDEX"] = str(index)
         if log_dir is None:
@@ -104,7 +118,8 @@ def run_job_tasks(
     """Run a scheduler job's tasks in turn (``fmnist-batch step``), output inherited.
 
     A task whose outputs are complete is skipped unless ``force``; the first failure
-    stops with an error naming the task and its exit status. Returns the tasks that ran.
+    stops with an error naming the task and its exit status, or the signal that ended
+    it. Returns the tasks that ran.
     """
     index_in_job = parse_job_environment(environ).array_index
     ran = []
@@ -118,7 +133,7 @@ def run_job_tasks(
         progress(f"[start]   {label}: fmnist-batch {shlex.join(task.args)}")
         outcome = run_task(task, environ, indices)
         if outcome.status != "done":
-            raise FmnistError(f"{label} failed with exit status {outcome.returncode}")
+            raise FmnistError(f"{label} failed with {exit_description(outcome.returncode)}")
         progress(f"[done]    {label}")
         ran.append(task.id)
     return ran
