@@ -180,6 +180,28 @@ def test_run_reports_failed_steps_and_exits_nonzero(tmp_path, monkeypatch):
     assert "[start]   last" not in result.output
 
 
+def test_a_native_crash_is_retried_once_and_a_plain_failure_is_not(tmp_path, monkeypatch):
+    # The first run crashes (a marker file records it), the second succeeds.
+    marker = tmp_path / "crashed-once"
+    crash_once = (
+        f"import os, pathlib, signal; m = pathlib.Path({str(marker)!r})\n"
+        "if not m.exists(): m.touch(); os.kill(os.getpid(), signal.SIGSEGV)\n"
+        "print('scored')"
+    )
+    monkeypatch.setattr(executor, "cli_command", lambda args: [sys.executable, "-c", crash_once])
+    task = Task("score:m", "score", ("score",), (tmp_path / "never",), (), {}, {})
+    outcome = run_task(task, dict(os.environ), [None], tmp_path / "logs")
+    assert outcome.status == "done", outcome.log.read_text()
+    log = outcome.log.read_text()
+    assert "[retry]   score:m: SIGSEGV (exit status -11); running it once more" in log
+    assert log.startswith("$ fmnist-batch score\n") and log.rstrip().endswith("scored")
+    # An ordinary failure (or a kill by the scheduler) is not retried.
+    for code in ("raise SystemExit(3)", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"):
+        monkeypatch.setattr(executor, "cli_command", lambda args, c=code: [sys.executable, "-c", c])
+        outcome = run_task(task, dict(os.environ), [None], tmp_path / "logs")
+        assert outcome.status == "failed" and "[retry]" not in outcome.log.read_text()
+
+
 def test_a_task_a_signal_ends_leaves_its_python_stack_and_names_the_signal(tmp_path, monkeypatch):
     # As a native crash in a runtime's kernels would end an fmnist-batch command.
     crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
@@ -189,6 +211,9 @@ def test_a_task_a_signal_ends_leaves_its_python_stack_and_names_the_signal(tmp_p
 
     outcome = run_task(task, env, [None], tmp_path / "logs")
     assert outcome.status == "failed" and outcome.returncode == -signal.SIGSEGV
-    assert "Fatal Python error: Segmentation fault" in outcome.log.read_text()
+    log = outcome.log.read_text()
+    assert "Fatal Python error: Segmentation fault" in log
+    # Retried once, then it stands.
+    assert log.count("Fatal Python error") == 2 and log.count("[retry]") == 1
     with pytest.raises(FmnistError, match=r"evaluate:m:v failed with SIGSEGV \(exit status -11\)"):
         run_job_tasks([task], env, progress=lambda m: None)

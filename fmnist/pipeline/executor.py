@@ -73,6 +73,38 @@ def element_indices(task: Task, index_in_job: int | None = None) -> list[int | N
     return list(range(size))  # outside an array job: every element in turn
 
 
+# Signals of a native memory fault. OpenVINO 2026.4's CPU plugin was seen to read past a
+# weights buffer on the first inference of a freshly compiled dynamic-batch model, about
+# once in 400 evaluate runs; every command resumes from its run directory, so such a
+# crash is retried once. A second one, or any other failure, stands.
+RETRIED_SIGNALS = (signal.SIGSEGV, signal.SIGBUS)
+
+
+def _run_element(task: Task, env: Mapping[str, str], log: Path | None) -> int:
+    """Run one element of ``task`` (retried once after a native memory fault)."""
+    command = cli_command(task.args)
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("$ fmnist-batch " + shlex.join(task.args) + "\n")
+    for attempt in (1, 2):
+        if log is None:
+            returncode = subprocess.run(command, env=env).returncode
+        else:
+            with open(log, "a") as handle:
+                returncode = subprocess.run(
+                    command, stdout=handle, stderr=subprocess.STDOUT, env=env
+                ).returncode
+        if attempt == 2 or -returncode not in RETRIED_SIGNALS:
+            return returncode
+        note = f"[retry]   {task.id}: {exit_description(returncode)}; running it once more"
+        if log is None:
+            print(note, file=sys.stderr, flush=True)
+        else:
+            with open(log, "a") as handle:
+                handle.write(note + "\n")
+    return returncode
+
+
 def run_task(
     task: Task,
     env: Mapping[str, str],
@@ -92,17 +124,8 @@ def run_task(
         element_env = {"PYTHONFAULTHANDLER": "1", **env, "FMNIST_TASK_ID": task.id}
         if index is not None:
             element_env["FMNIST_ARRAY_INDEX"] = str(index)
-        if log_dir is None:
-            returncode = subprocess.run(cli_command(task.args), env=element_env).returncode
-        else:
-            log = log_path(log_dir, task.id, index)
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "w") as handle:
-                handle.write("$ fmnist-batch " + shlex.join(task.args) + "\n")
-                handle.flush()
-                returncode = subprocess.run(
-                    cli_command(task.args), stdout=handle, stderr=subprocess.STDOUT, env=element_env
-                ).returncode
+        log = None if log_dir is None else log_path(log_dir, task.id, index)
+        returncode = _run_element(task, element_env, log)
         if returncode != 0:
             break
     status = "done" if returncode == 0 else "failed"
