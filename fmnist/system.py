@@ -69,12 +69,17 @@ def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
     return model, flags
 
 
-def cpu_flags() -> set[str]:
-    """The flags of this machine's CPU, as Linux reports them (empty where it cannot)."""
+def read_cpuinfo() -> tuple[str, set[str]]:
+    """This machine's CPU model name and flags, as Linux reports them (empty where it cannot)."""
     try:
-        return parse_cpuinfo(Path("/proc/cpuinfo").read_text())[1]
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
-        return set()
+        return "", set()
+
+
+def cpu_flags() -> set[str]:
+    """The flags of this machine's CPU (empty where Linux does not report them)."""
+    return read_cpuinfo()[1]
 
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below every int8 dot-product ISA. OpenVINO's CPU
@@ -110,10 +115,7 @@ def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
 
 def machine_info() -> MachineInfo:
     """Describe this machine: host, CPU model, relevant ISA flags, CPU counts, versions."""
-    try:
-        model, flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        model, flags = platform.processor(), set()
+    model, flags = read_cpuinfo()
     return MachineInfo(
         host=socket.gethostname(),
         cpu_model=model or platform.processor() or "unknown",

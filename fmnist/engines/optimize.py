@@ -287,6 +287,11 @@ INT8_METHODS_WITH_DOT_PRODUCT = (
 )
 
 
+def needs_dot_product(method: str) -> bool:
+    """Whether a method's IR keeps the 8-bit first layer only VNNI or AMX run as checked."""
+    return EIGHT_BIT_FIRST_LAYER in method.split("+")
+
+
 def int8_methods(has_head: bool, int8_dot_product: bool) -> tuple[str, ...]:
     """The quantization methods to try in order, for a graph with or without a head.
 
@@ -335,7 +340,7 @@ def _quantize_int8(ov_model, data: QuantizationData, config: OptimizeConfig, pro
             quantized = _accuracy_controlled(ov_model, calibration, data, config, options)
         else:
             quantized = nncf.quantize(ov_model, calibration, subset_size=size, **options)
-        if EIGHT_BIT_FIRST_LAYER in method.split("+"):
+        if needs_dot_product(method):
             mark_needs_int8_dot_product(quantized)
         return quantized
 
@@ -361,7 +366,7 @@ def _quantize_int8(ov_model, data: QuantizationData, config: OptimizeConfig, pro
         "validation_images": len(data.validation),
         "bounds": asdict(config.bounds),
         "f32_head": head if "f32-head" in chosen.method else [],
-        "needs_int8_dot_product": EIGHT_BIT_FIRST_LAYER in chosen.method,
+        "needs_int8_dot_product": needs_dot_product(chosen.method),
         "check": chosen.check.record(config.bounds),
         "attempts": [{"method": a.method, **a.check.record(config.bounds)} for a in attempts],
         # The flat figures earlier manifests had, for readers that know only those.

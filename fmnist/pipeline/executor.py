@@ -9,6 +9,7 @@ turn here, or only the scheduler's element inside an array job.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -81,27 +82,24 @@ RETRIED_SIGNALS = (signal.SIGSEGV, signal.SIGBUS)
 
 
 def _run_element(task: Task, env: Mapping[str, str], log: Path | None) -> int:
-    """Run one element of ``task`` (retried once after a native memory fault)."""
+    """Run one element of ``task`` (retried once after a native memory fault).
+
+    Output goes to ``log``, or with None to this process's own output.
+    """
     command = cli_command(task.args)
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text("$ fmnist-batch " + shlex.join(task.args) + "\n")
-    for attempt in (1, 2):
-        if log is None:
-            returncode = subprocess.run(command, env=env).returncode
-        else:
-            with open(log, "a") as handle:
-                returncode = subprocess.run(
-                    command, stdout=handle, stderr=subprocess.STDOUT, env=env
-                ).returncode
-        if attempt == 2 or -returncode not in RETRIED_SIGNALS:
-            return returncode
-        note = f"[retry]   {task.id}: {exit_description(returncode)}; running it once more"
-        if log is None:
-            print(note, file=sys.stderr, flush=True)
-        else:
-            with open(log, "a") as handle:
-                handle.write(note + "\n")
+    with open(log, "w") if log is not None else contextlib.nullcontext() as handle:
+        if handle is not None:
+            handle.write("$ fmnist-batch " + shlex.join(task.args) + "\n")
+            handle.flush()
+        stderr = None if handle is None else subprocess.STDOUT
+        for attempt in (1, 2):
+            returncode = subprocess.run(command, stdout=handle, stderr=stderr, env=env).returncode
+            if attempt == 2 or -returncode not in RETRIED_SIGNALS:
+                break
+            note = f"[retry]   {task.id}: {exit_description(returncode)}; running it once more"
+            print(note, file=handle or sys.stderr, flush=True)
     return returncode
 
 
