@@ -30,7 +30,6 @@ from fmnist.io import FmnistError, read_manifest, update_manifest, write_json_at
 from fmnist.system import git_revision, machine_info
 
 DEFAULT_NODE_TYPE = "local"
-KNOWN_NODE_TYPES = ("skl", "clx", "icx", "spr", "local")
 
 
 @dataclass(frozen=True)
@@ -70,11 +69,11 @@ def _index(value: str | None, name: str, base: str = "0") -> int | None:
         ) from exc
 
 
-def _node_type_from_constraint(constraint: str | None, known: tuple[str, ...]) -> str | None:
-    # Slurm's constraint is an expression (spr&avx512, [icx|spr]): pick the node-type name.
+def _node_type_from_constraint(constraint: str | None, labels: Mapping[str, str]) -> str | None:
+    # Slurm's constraint is an expression (spr&avx512, [icx|spr]): pick a node type's label.
     for word in re.split(r"[^A-Za-z0-9_-]+", constraint or ""):
-        if word in known:
-            return word
+        if word in labels:
+            return labels[word]
     return None
 
 
@@ -97,9 +96,13 @@ def parse_job_environment(
     env: Mapping[str, str],
     host: str | None = None,
     pid: int | None = None,
-    known_node_types: tuple[str, ...] = KNOWN_NODE_TYPES,
+    node_type_labels: Mapping[str, str] | None = None,
 ) -> JobEnvironment:
-    """The job environment described by ``env`` (a pure function of its arguments)."""
+    """The job environment described by ``env`` (a pure function of its arguments).
+
+    ``node_type_labels`` (label -> node type, from the catalog) names the node type of a
+    Slurm job submitted with ``--constraint`` alone; ``FMNIST_NODE_TYPE`` otherwise.
+    """
     host = host or socket.gethostname()
     pid = os.getpid() if pid is None else pid
     scheduler = scheduler_of(env)
@@ -119,7 +122,7 @@ def parse_job_environment(
         job_name = env.get("SLURM_JOB_NAME")
         submit_dir = env.get("SLURM_SUBMIT_DIR")
         node_type = (
-            _node_type_from_constraint(env.get("SLURM_JOB_CONSTRAINTS"), known_node_types)
+            _node_type_from_constraint(env.get("SLURM_JOB_CONSTRAINTS"), node_type_labels or {})
             or node_type
         )
     elif scheduler in ("torque", "pbspro"):
@@ -157,13 +160,13 @@ def parse_job_environment(
 
 def current() -> JobEnvironment:
     """The job environment of this process."""
-    from fmnist.nodetypes import node_type_names
+    from fmnist.nodetypes import load_node_types
 
     try:
-        known = node_type_names()
+        labels = {t.label: name for name, t in load_node_types().items() if t.label}
     except FmnistError:
-        known = KNOWN_NODE_TYPES  # a broken catalog must not stop a job from recording itself
-    return parse_job_environment(os.environ, known_node_types=known)
+        labels = {}  # a broken catalog must not stop a job from recording itself
+    return parse_job_environment(os.environ, node_type_labels=labels)
 
 
 def require_array_index(env: Mapping[str, str]) -> int:

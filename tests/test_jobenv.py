@@ -64,11 +64,15 @@ def test_pbspro_array_element():
 
 
 def test_slurm_array_element_and_constraint():
-    env = parse_job_environment(SLURM, host="vm")
+    env = parse_job_environment(SLURM, host="vm", node_type_labels={"spr": "spr"})
     assert env.scheduler == "slurm"
     assert (env.job_id, env.array_job_id, env.array_index) == ("8", "7", 1)
     assert (env.job_name, env.submit_dir) == ("score", "/tmp/sx")
     assert env.node_type == "spr"  # picked out of the constraint expression
+    # The constraint names a label: the catalog says which node type carries it.
+    renamed = parse_job_environment(SLURM, host="vm", node_type_labels={"spr": "sapphire"})
+    assert renamed.node_type == "sapphire"
+    assert parse_job_environment(SLURM, host="vm").node_type == "local"
 
 
 def test_node_type_from_submit_when_the_scheduler_does_not_say():

@@ -20,14 +20,20 @@ from click.testing import CliRunner
 
 from fmnist.cli import main
 from fmnist.io import FmnistError, current_umask
-from fmnist.nodetypes import FLAVORS, load_node_types, parse_node_type_list
+from fmnist.nodetypes import (
+    FLAVORS,
+    NodeType,
+    check_names,
+    load_node_types,
+    request_args,
+    split_names,
+)
 from fmnist.pipeline.nodes import (
     Node,
     node_offers,
     parse_pbsnodes_json,
     parse_pbsnodes_text,
     parse_sinfo_nodes,
-    request_needs,
 )
 from fmnist.pipeline.scheduler import (
     BLOCKED,
@@ -434,33 +440,72 @@ def test_parse_sacct():
 def test_catalog_has_every_node_type_for_every_flavor():
     catalog = load_node_types()
     assert list(catalog) == ["skl", "clx", "icx", "spr", "local"]
-    assert catalog["spr"].request("torque") == ("-l", "nodes=1:spr:ppn=2")
-    assert catalog["spr"].request("pbspro") == ("-l", "select=1:ncpus=2:cpu_type=spr")
-    assert catalog["spr"].request("slurm") == ("--constraint=spr",)
-    assert catalog["local"].request("slurm") == ()
+    assert (catalog["spr"].cpus, catalog["spr"].label) == (2, "spr")
+    assert (catalog["local"].cpus, catalog["local"].label) == (2, "")
+
+
+@pytest.mark.parametrize(
+    "flavor, cpus, label, expected",
+    [
+        ("torque", 2, "spr", ("-l", "nodes=1:spr:ppn=2")),
+        ("torque", 1, "", ("-l", "nodes=1:ppn=1")),
+        ("pbspro", 2, "spr", ("-l", "select=1:ncpus=2:cpu_type=spr")),
+        ("pbspro", 4, "", ("-l", "select=1:ncpus=4")),
+        ("slurm", 2, "spr", ("--ntasks=2", "--constraint=spr")),
+        ("slurm", 1, "", ("--ntasks=1",)),
+    ],
+)
+def test_request_args(flavor, cpus, label, expected):
+    assert request_args(flavor, NodeType("t", "", cpus, label)) == expected
+
+
+def test_pbspro_label_resource_is_the_catalogs(tmp_path):
+    path = tmp_path / "node_types.toml"
+    path.write_text(
+        '[flavors.pbspro]\nlabel_resource = "arch_gen"\n[node_types.spr]\ncpus = 4\nlabel = "spr"\n'
+    )
+    spr = load_node_types(path)["spr"]
+    assert spr.request("pbspro") == ("-l", "select=1:ncpus=4:arch_gen=spr")
+    assert node_offers(Node("n", 8, {"arch_gen": frozenset({"spr"})}), "pbspro", spr)
+    assert not node_offers(Node("n", 8, {"cpu_type": frozenset({"spr"})}), "pbspro", spr)
 
 
 def test_adding_a_node_type_is_one_entry(tmp_path, monkeypatch):
     path = tmp_path / "node_types.toml"
     path.write_text(
         (PROJECT / "jobs" / "node_types.toml").read_text()
-        + '\n[node_types.gnr]\ntorque = "-l nodes=1:gnr:ppn=2"\n'
-        + 'pbspro = "-l select=1:ncpus=2:cpu_type=gnr"\nslurm = "--constraint=gnr"\n'
+        + '\n[node_types.gnr]\ncpus = 2\nlabel = "gnr"\n'
     )
     monkeypatch.setenv("FMNIST_NODE_TYPES", str(path))
-    assert parse_node_type_list("spr,gnr", load_node_types()) == ["spr", "gnr"]
+    catalog = load_node_types()
+    assert check_names(split_names("spr,gnr,spr"), catalog) == ["spr", "gnr"]
+    assert catalog["gnr"].request("torque") == ("-l", "nodes=1:gnr:ppn=2")
 
 
-def test_node_type_without_a_flavor_is_an_error(tmp_path):
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[node_types.spr]\nlabel = "spr"\n', "node type 'spr' has no cpus"),
+        ("[node_types.spr]\ncpus = 0\n", "cpus must be a whole number of at least 1, not 0"),
+        ('[node_types.spr]\ncpus = "2"\n', "cpus must be a whole number"),
+        ('[node_types.spr]\ncpus = 2\ntorque = "-l x"\n', "unknown key.*torque"),
+        ('[node_types.spr]\ncpus = 2\nlabel = "a b"\n', "label 'a b' must be"),
+        ("[flavors.pbspro]\n", "no \\[node_types.<name>\\] entries"),
+    ],
+)
+def test_bad_catalog_entry_is_one_line_naming_the_file(tmp_path, text, message):
     path = tmp_path / "node_types.toml"
-    path.write_text('[node_types.spr]\ntorque = "-l nodes=1:spr"\n')
-    with pytest.raises(FmnistError, match="no request for pbspro, slurm"):
+    path.write_text(text)
+    with pytest.raises(FmnistError, match=message) as error:
         load_node_types(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 
 def test_unknown_node_type_names_the_catalog():
     with pytest.raises(FmnistError, match="unknown node type.*xyz.*known: skl"):
-        parse_node_type_list("spr,xyz", load_node_types())
+        check_names(split_names("spr,xyz"), load_node_types())
+    with pytest.raises(FmnistError, match="give at least one node type"):
+        split_names(" , ")
 
 
 # --------------------------------------------------------------------------- step selection
@@ -720,26 +765,9 @@ def test_node_types_a_cluster_offers(flavor, listing, parse):
     [node] = parse(listing)
     assert node.cpus == 2
     catalog = load_node_types()
-    offered = [
-        name
-        for name, node_type in catalog.items()
-        if node_offers(node, *request_needs(flavor, node_type.request(flavor)))
-    ]
+    offered = [name for name, node_type in catalog.items() if node_offers(node, flavor, node_type)]
     assert offered == ["icx", "local"]
-
-
-def test_request_needs():
-    assert request_needs("pbspro", ("-l", "select=1:ncpus=2:cpu_type=spr:mem=2gb")) == (
-        2,
-        {"cpu_type": "spr"},
-    )
-    assert request_needs("torque", ("-l", "nodes=1:spr:ppn=2")) == (2, {"feature": {"spr"}})
-    assert request_needs("slurm", ("--constraint=spr&avx512",)) == (
-        0,
-        {"feature": {"spr", "avx512"}},
-    )
-    node = Node("n", 2, {"feature": frozenset({"spr"})})
-    assert not node_offers(node, 4, {})  # more CPUs than it has
+    assert not node_offers(node, flavor, NodeType("big", "", cpus=4, label="icx"))
 
 
 # --------------------------------------------------------------------------- array outputs

@@ -32,7 +32,7 @@ from conftest import Cluster, missing
 
 from fmnist.io import read_manifest
 from fmnist.nodetypes import load_node_types
-from fmnist.pipeline.nodes import list_nodes, node_offers, request_needs
+from fmnist.pipeline.nodes import list_nodes, node_offers
 from fmnist.pipeline.scheduler import ACTIVE, COMPLETED, STUCK, JobState, cancel_jobs, query_states
 from fmnist.pipeline.status import run_status
 from fmnist.pipeline.submit import read_record
@@ -215,23 +215,14 @@ def one_cpu_catalog(directory: Path, flavor: str) -> Path:
     DAG share the 2-CPU test node), and a type no node offers, `nowhere`."""
     text = (PROJECT / "jobs" / "node_types.toml").read_text()
     local = text.index("[node_types.local]")
-    one = {
-        "torque": ('torque = "-l nodes=1:ppn=2"', 'torque = "-l nodes=1:ppn=1"'),
-        "pbspro": ('pbspro = "-l select=1:ncpus=2"', 'pbspro = "-l select=1:ncpus=1"'),
-        "slurm": ('slurm = ""', 'slurm = "--ntasks=1"'),
-    }
     tail = text[local:]
-    for old, new in one.values():
-        assert old in tail, f"jobs/node_types.toml: {old!r} not in the local entry"
-        tail = tail.replace(old, new)
+    assert "cpus = 2" in tail, "jobs/node_types.toml: the local entry lost its `cpus = 2`"
     nowhere = (
         '\n[node_types.nowhere]\ndescription = "a node type no test node has"\n'
-        'torque = "-l nodes=1:nowhere:ppn=1"\n'
-        'pbspro = "-l select=1:ncpus=1:cpu_type=nowhere"\n'
-        'slurm = "--constraint=nowhere"\n'
+        'cpus = 1\nlabel = "nowhere"\n'
     )
     path = directory / "node_types.toml"
-    path.write_text(text[:local] + tail + nowhere)
+    path.write_text(text[:local] + tail.replace("cpus = 2", "cpus = 1") + nowhere)
     return path
 
 
@@ -253,10 +244,9 @@ def submitted(cluster):
 
 def node_type_on(cluster: Cluster, name: str) -> None:
     """Fail or skip unless a node of the cluster offers the catalog's node type ``name``."""
-    request = load_node_types()[name].request(cluster.flavor)
-    cpus, labels = request_needs(cluster.flavor, request)
+    node_type = load_node_types()[name]
     nodes = list_nodes(cluster.flavor) or []
-    if not any(node_offers(node, cpus, labels) for node in nodes):
+    if not any(node_offers(node, cluster.flavor, node_type) for node in nodes):
         hint = {
             "pbspro": "OPENPBS_CPU_TYPE=local,icx ../shared/tools/openpbs/start.sh",
             "torque": "TORQUE_CPU_TYPE=local,icx ../shared/tools/torque/start.sh",

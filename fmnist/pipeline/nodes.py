@@ -18,6 +18,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
+from fmnist.nodetypes import NodeType
 from fmnist.pipeline.scheduler import run_command
 
 
@@ -71,49 +72,18 @@ def parse_sinfo_nodes(text: str) -> list[Node]:
     return nodes
 
 
-# Resources of a PBS Pro chunk that every node has: only custom ones name a node type.
-_PBS_GENERIC = {"ncpus", "mem", "vmem", "mpiprocs", "ompthreads", "ngpus", "nodect"}
+def node_offers(node: Node, flavor: str, node_type: NodeType) -> bool:
+    """True when ``node`` has the CPUs and the label ``node_type`` asks for (pure).
 
-
-def request_needs(flavor: str, request: tuple[str, ...]) -> tuple[int, dict[str, str]]:
-    """The CPUs and labels a node-type request asks of one node (pure).
-
-    ``-l select=1:ncpus=2:cpu_type=icx`` -> (2, {"cpu_type": "icx"});
-    ``-l nodes=1:icx:ppn=2`` and ``--constraint=icx`` -> ({"feature": "icx"}).
+    The label is a host resource on PBS Pro (``cpu_type``), a property on Torque and a
+    feature on Slurm; a type without a label fits any node with the CPUs.
     """
-    cpus, labels = 0, {}
-    words = list(request)
-    for i, word in enumerate(words):
-        value = words[i + 1] if word == "-l" and i + 1 < len(words) else word
-        if flavor == "pbspro" and value.startswith("select="):
-            for part in value.removeprefix("select=").split("+")[0].split(":")[1:]:
-                key, _, amount = part.partition("=")
-                if key == "ncpus" and amount.isdigit():
-                    cpus = int(amount)
-                elif key not in _PBS_GENERIC:
-                    labels[key] = amount
-        elif flavor == "torque" and value.startswith("nodes="):
-            for part in value.removeprefix("nodes=").split("+")[0].split(":")[1:]:
-                key, _, amount = part.partition("=")
-                if key == "ppn" and amount.isdigit():
-                    cpus = int(amount)
-                elif not amount and not key.isdigit():
-                    labels.setdefault("feature", set()).add(key)
-        elif flavor == "slurm" and value.startswith("--constraint="):
-            for feature in re.findall(r"[A-Za-z0-9_-]+", value.removeprefix("--constraint=")):
-                labels.setdefault("feature", set()).add(feature)
-    return cpus, labels
-
-
-def node_offers(node: Node, cpus: int, labels: dict) -> bool:
-    """True when ``node`` has the CPUs and every label a request asks for."""
-    if cpus and node.cpus and cpus > node.cpus:
+    if node.cpus and node_type.cpus > node.cpus:
         return False
-    for key, wanted in labels.items():
-        wanted = {wanted} if isinstance(wanted, str) else set(wanted)
-        if not wanted <= node.labels.get(key, frozenset()):
-            return False
-    return True
+    if not node_type.label:
+        return True
+    key = node_type.label_resource if flavor == "pbspro" else "feature"
+    return node_type.label in node.labels.get(key, frozenset())
 
 
 def list_nodes(flavor: str) -> list[Node] | None:

@@ -35,9 +35,9 @@ from fmnist.io import (
     default_run_dir,
     write_json_atomic,
 )
-from fmnist.nodetypes import NodeType, load_node_types, parse_node_type_list
+from fmnist.nodetypes import NodeType, check_names, load_node_types, split_names
 from fmnist.pipeline.executor import log_path
-from fmnist.pipeline.nodes import list_nodes, node_offers, request_needs
+from fmnist.pipeline.nodes import list_nodes, node_offers
 from fmnist.pipeline.scheduler import (
     ACTIVE,
     COMPLETED,
@@ -154,14 +154,16 @@ def plan_jobs(
     settings: SubmitSettings,
     catalog: dict[str, NodeType],
 ) -> list[PlannedJob]:
-    """One job per task, in dependency order, with the flavor-neutral submission details."""
+    """One job per task, in dependency order, with the flavor-neutral submission details.
+
+    Every node type a task names is one of ``settings.node_types``, which
+    :func:`submit_pipeline` checked against ``catalog``.
+    """
     planned = []
     run = Path(settings.run)
     umask = f"{current_umask():03o}" if settings.scheduler in ("torque", "pbspro") else None
     for task in tasks:
         node_type = str(task.values.get("node_type", settings.node_types[0]))
-        if node_type not in catalog:
-            raise FmnistError(f"task {task.id}: node type {node_type!r} not in the catalog")
         submission = Submission(
             name=job_name(task.id),
             script=str(_script(task)),
@@ -324,10 +326,9 @@ def submit_pipeline(
 
     The DAG and its job scripts are checked before the scheduler is asked anything.
     """
+    # The one check of the names: given, or recorded by the submission --resume extends.
     catalog = load_node_types()
-    for name in settings.node_types:
-        if name not in catalog:
-            raise FmnistError(f"unknown node type {name!r}; known: {', '.join(catalog)}")
+    check_names(settings.node_types, catalog)
     overrides = {
         **scalar_overrides(pipeline, settings.profile, os.environ),
         "node_types": settings.node_types,
@@ -368,8 +369,7 @@ def node_type_warnings(settings: SubmitSettings, catalog: dict[str, NodeType]) -
     warnings = []
     for name in settings.node_types:
         request = catalog[name].request(settings.scheduler)
-        cpus, labels = request_needs(settings.scheduler, request)
-        if not any(node_offers(node, cpus, labels) for node in nodes):
+        if not any(node_offers(node, settings.scheduler, catalog[name]) for node in nodes):
             warnings.append(
                 f"node type {name!r} ({' '.join(request) or 'no request'}) matches no node "
                 f"of this {settings.scheduler} cluster ({', '.join(n.name for n in nodes)}): "
@@ -395,9 +395,7 @@ def resolve_settings(
         scheduler=scheduler or recorded.get("scheduler"),  # else detected by submit_pipeline
         profile=profile,
         node_types=(
-            parse_node_type_list(node_types, load_node_types())
-            if node_types
-            else recorded.get("node_types") or ["local"]
+            split_names(node_types) if node_types else recorded.get("node_types") or ["local"]
         ),
         pipeline=recorded.get("pipeline") or str(pipeline_spec().resolve()),
         run=str(Path(out or default_run_dir(profile)).resolve()),
