@@ -131,13 +131,24 @@ def wait_for_job(flavor: str, job_id: str, timeout: float = 600) -> JobState:
         time.sleep(2)
 
 
-def job_log(directory: Path, name: str, job_id: str, timeout: float = 30) -> str:
+def job_log(directory: Path, name: str, job_id: str, timeout: float = 60) -> str:
     """The job's joined output, ``NAME.oSEQ`` in its submit directory (PBS and the
-    scripts' #SBATCH --output alike); PBS copies it there a moment after the job ends."""
+    scripts' #SBATCH --output alike), once it is whole.
+
+    PBS copies the log there after the job ends, so the file can exist before all of it
+    is in: read it once its size has settled (the same over two looks a second apart)
+    and it ends with a whole line.
+    """
     path = directory / f"{name}.o{job_id.split('.')[0]}"
     deadline = time.monotonic() + timeout
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    last_size = -1
+    while time.monotonic() < deadline:
+        if path.exists():
+            size = path.stat().st_size
+            if size == last_size and size and path.read_bytes().endswith(b"\n"):
+                return path.read_text()
+            last_size = size
+        time.sleep(1)
     return path.read_text() if path.exists() else f"(no log {path})"
 
 
