@@ -180,33 +180,46 @@ def test_run_reports_failed_steps_and_exits_nonzero(tmp_path, monkeypatch):
     assert "[start]   last" not in result.output
 
 
-def test_a_native_crash_is_retried_once_and_a_plain_failure_is_not(tmp_path, monkeypatch):
-    # The first run crashes (a marker file records it), the second succeeds.
-    marker = tmp_path / "crashed-once"
-    crash_once = (
+def test_a_signal_is_retried_as_the_step_allows_and_a_code_error_never(tmp_path, monkeypatch):
+    # The first two runs end by a signal (a marker file counts them), the third succeeds.
+    marker = tmp_path / "crashes"
+    crash_twice = (
         f"import os, pathlib, signal; m = pathlib.Path({str(marker)!r})\n"
-        "if not m.exists(): m.touch(); os.kill(os.getpid(), signal.SIGSEGV)\n"
+        "n = len(m.read_text()) if m.exists() else 0\n"
+        "if n < 2: m.write_text('x' * (n + 1)); os.kill(os.getpid(), [11, 9][n])\n"
         "print('scored')"
     )
-    monkeypatch.setattr(executor, "cli_command", lambda args: [sys.executable, "-c", crash_once])
-    task = Task("score:m", "score", ("score",), (tmp_path / "never",), (), {}, {})
+    monkeypatch.setattr(executor, "cli_command", lambda args: [sys.executable, "-c", crash_twice])
+    task = Task("score:m", "score", ("score",), (tmp_path / "never",), (), {}, {"retries": 2})
     outcome = run_task(task, dict(os.environ), [None], tmp_path / "logs")
     assert outcome.status == "done", outcome.log.read_text()
     log = outcome.log.read_text()
-    assert "[retry]   score:m: SIGSEGV (exit status -11); running it once more" in log
+    assert (
+        "[retry]   score:m: attempt 1 ended by SIGSEGV (exit status -11) (node-or-signal); "
+        "attempt 2 of 3" in log
+    )
+    assert "attempt 2 ended by SIGKILL (exit status -9) (node-or-signal); attempt 3 of 3" in log
     assert log.startswith("$ fmnist-batch score\n") and log.rstrip().endswith("scored")
-    # An ordinary failure (or a kill by the scheduler) is not retried.
-    for code in ("raise SystemExit(3)", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"):
+    assert [run.end.cause for run in outcome.runs] == ["node-or-signal"] * 2 + ["done"]
+    assert all(run.ended >= run.started and run.peak_rss_mb > 1 for run in outcome.runs)
+    # A code error is never retried; a signal only as often as the step's retries say.
+    code_error = "raise SystemExit(3)"
+    kill = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    for code, retries, attempts in ((code_error, 2, 1), (kill, 0, 1), (kill, 1, 2)):
         monkeypatch.setattr(executor, "cli_command", lambda args, c=code: [sys.executable, "-c", c])
-        outcome = run_task(task, dict(os.environ), [None], tmp_path / "logs")
-        assert outcome.status == "failed" and "[retry]" not in outcome.log.read_text()
+        resources = {"retries": retries}
+        once = Task("score:m", "score", ("score",), (tmp_path / "never",), (), {}, resources)
+        outcome = run_task(once, dict(os.environ), [None], tmp_path / "logs")
+        assert outcome.status == "failed" and len(outcome.runs) == attempts
+        assert outcome.log.read_text().count("[retry]") == attempts - 1
 
 
 def test_a_task_a_signal_ends_leaves_its_python_stack_and_names_the_signal(tmp_path, monkeypatch):
     # As a native crash in a runtime's kernels would end an fmnist-batch command.
     crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
     monkeypatch.setattr(executor, "cli_command", lambda args: [sys.executable, "-c", crash])
-    task = Task("evaluate:m:v", "evaluate", ("evaluate",), (tmp_path / "never",), (), {}, {})
+    resources = {"retries": 1}
+    task = Task("evaluate:m:v", "evaluate", ("evaluate",), (tmp_path / "never",), (), {}, resources)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONFAULT", "FMNIST_"))}
 
     outcome = run_task(task, env, [None], tmp_path / "logs")

@@ -358,7 +358,9 @@ def test_torque_deleted_dependents_are_cancelled_not_done():
         CANCELLED,
         "C exit 271: Job 11.trqhost deleted because its dependency of array 10[].trqhost "
         "can never be satisfied",
+        cause="cancelled",
     )
+    assert states["9.trqhost"].cause == "code-error"
     assert states["12.trqhost"].state == WAITING  # the scheduler's hold, for afterokarray
     assert states["13.trqhost"].state == HELD  # a user's hold
     assert states["16.trqhost"].state == HELD  # a user's hold on a waiting job: held
@@ -370,8 +372,11 @@ def test_pbspro_deleted_dependents_and_jobs_that_can_never_run():
     states = parse_qstat_full(PBSPRO_AFTER_FAILURE, "pbspro")
     assert states["12.pbshost"].state == FAILED
     assert states["13[].pbshost"].state == CANCELLED
-    assert states["14.pbshost"] == JobState(CANCELLED, "F: deleted before it ran")
+    assert states["14.pbshost"] == JobState(
+        CANCELLED, "F: deleted before it ran", cause="cancelled"
+    )
     assert states["16[].pbshost"].state == FAILED
+    assert states["16[].pbshost"].cause == "code-error"  # its element 1 exited 2
     assert states["16[].pbshost"].elements == {"0": COMPLETED, "1": FAILED}
     assert states["17.pbshost"] == JobState(WAITING, "H (waits for afterok:16[].pbshost@pbshost)")
     assert states["18.pbshost"] == JobState(
@@ -407,7 +412,10 @@ def test_parse_scontrol_folds_array_elements():
     assert states["9"].state == COMPLETED
     assert states["10"].state == FAILED
     assert states["10"].elements == {"0": COMPLETED, "1": FAILED}
-    assert states["12"] == JobState(CANCELLED, "CANCELLED (DependencyNeverSatisfied)")
+    assert states["12"] == JobState(
+        CANCELLED, "CANCELLED (DependencyNeverSatisfied)", cause="cancelled"
+    )
+    assert (states["9"].cause, states["10"].cause) == ("done", "code-error")
     assert states["13"].state == WAITING  # behind its dependency
     assert states["14"].state == BLOCKED  # waits for a failed job: will never start
 
@@ -428,7 +436,17 @@ def test_slurm_pending_reasons(reason, state):
 
 
 def test_parse_sacct():
-    states = parse_sacct("9|COMPLETED\n10_0|COMPLETED\n10_1|RUNNING\n12|CANCELLED by 0\n")
+    states = parse_sacct(
+        "9|COMPLETED|0:0\n10_0|COMPLETED|0:0\n10_1|RUNNING|0:0\n12|CANCELLED by 0|0:15\n"
+        "13|TIMEOUT|0:15\n14|OUT_OF_MEMORY|0:125\n15|FAILED|0:9\n"
+    )
+    assert [states[j].cause for j in ("9", "12", "13", "14", "15")] == [
+        "done",
+        "cancelled",
+        "walltime",
+        "memory",
+        "node-or-signal",
+    ]
     assert states["9"].state == COMPLETED
     assert states["10"].state == RUNNING
     assert states["12"].state == CANCELLED

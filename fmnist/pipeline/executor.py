@@ -17,11 +17,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmnist.io import FmnistError, default_run_dir
 from fmnist.jobenv import parse_job_environment
+from fmnist.pipeline.attempts import AttemptEnd, RetryPolicy, classify_exit, retry_policy
 from fmnist.pipeline.spec import Task, array_size, expand, load_pipeline, scalar_overrides
 
 
@@ -34,6 +35,7 @@ class TaskOutcome:
     seconds: float = 0.0
     log: Path | None = None
     returncode: int | None = None
+    runs: list[ProcessRun] = field(default_factory=list)  # every attempt of every element
 
 
 def cli_command(args: tuple[str, ...]) -> list[str]:
@@ -74,33 +76,71 @@ def element_indices(task: Task, index_in_job: int | None = None) -> list[int | N
     return list(range(size))  # outside an array job: every element in turn
 
 
-# Signals of a native memory fault. OpenVINO 2026.4's CPU plugin was seen to read past a
-# weights buffer on the first inference of a freshly compiled dynamic-batch model, about
-# once in 400 evaluate runs; every command resumes from its run directory, so such a
-# crash is retried once. A second one, or any other failure, stands.
-RETRIED_SIGNALS = (signal.SIGSEGV, signal.SIGBUS)
+@dataclass(frozen=True)
+class ProcessRun:
+    """One process of a task, measured: when it ran, how it ended, what it used."""
+
+    started: float  # epoch seconds
+    ended: float
+    returncode: int
+    cpu_s: float  # user + system CPU of the process and its children
+    peak_rss_mb: float
+    end: AttemptEnd
 
 
-def _run_element(task: Task, env: Mapping[str, str], log: Path | None) -> int:
-    """Run one element of ``task`` (retried once after a native memory fault).
+def run_measured(
+    command: list[str],
+    env: Mapping[str, str],
+    stdout=None,
+    stderr=None,
+    classify: Callable[[int], AttemptEnd] = classify_exit,
+) -> ProcessRun:
+    """Run ``command`` to its end and measure it with ``wait4`` (its own rusage only, so
+    tasks running side by side in threads do not mix)."""
+    started = time.time()
+    process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return ProcessRun(
+        started=started,
+        ended=time.time(),
+        returncode=process.returncode,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        peak_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+        end=classify(process.returncode),
+    )
 
-    Output goes to ``log``, or with None to this process's own output.
+
+def _run_element(
+    task: Task, env: Mapping[str, str], log: Path | None, policy: RetryPolicy
+) -> list[ProcessRun]:
+    """Run one element of ``task``, again while its end is worth another attempt
+    (:mod:`fmnist.pipeline.attempts`) and the step's ``retries`` allow; every attempt.
+
+    Output goes to ``log``, or with None to this process's own output. Every command
+    resumes from its run directory, so another attempt redoes only what is missing.
     """
     command = cli_command(task.args)
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
+    runs: list[ProcessRun] = []
     with open(log, "w") if log is not None else contextlib.nullcontext() as handle:
         if handle is not None:
             handle.write("$ fmnist-batch " + shlex.join(task.args) + "\n")
             handle.flush()
         stderr = None if handle is None else subprocess.STDOUT
-        for attempt in (1, 2):
-            returncode = subprocess.run(command, stdout=handle, stderr=stderr, env=env).returncode
-            if attempt == 2 or -returncode not in RETRIED_SIGNALS:
+        while True:
+            runs.append(run_measured(command, env, handle, stderr))
+            attempt, end = len(runs), runs[-1].end
+            if not end.retried or not policy.attempts_left(attempt):
                 break
-            note = f"[retry]   {task.id}: {exit_description(returncode)}; running it once more"
+            note = (
+                f"[retry]   {task.id}: attempt {attempt} ended by "
+                f"{exit_description(runs[-1].returncode)} ({end.cause}); "
+                f"attempt {attempt + 1} of {policy.retries + 1}"
+            )
             print(note, file=handle or sys.stderr, flush=True)
-    return returncode
+    return runs
 
 
 def run_task(
@@ -116,6 +156,8 @@ def run_task(
     """
     started = time.perf_counter()
     returncode, log = 0, None
+    policy = retry_policy(task.id, task.resources)
+    runs: list[ProcessRun] = []
     for index in indices:
         # A native crash (SIGSEGV in a runtime's kernels, say) then leaves every thread's
         # Python stack in the task's log: the only trace a rare crash in a job leaves.
@@ -123,11 +165,14 @@ def run_task(
         if index is not None:
             element_env["FMNIST_ARRAY_INDEX"] = str(index)
         log = None if log_dir is None else log_path(log_dir, task.id, index)
-        returncode = _run_element(task, element_env, log)
+        element_runs = _run_element(task, element_env, log, policy)
+        runs += element_runs
+        returncode = element_runs[-1].returncode
         if returncode != 0:
             break
     status = "done" if returncode == 0 else "failed"
-    return TaskOutcome(task.id, status, time.perf_counter() - started, log, returncode)
+    seconds = time.perf_counter() - started
+    return TaskOutcome(task.id, status, seconds, log, returncode, runs)
 
 
 def run_job_tasks(

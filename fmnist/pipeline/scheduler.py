@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from fmnist.io import FmnistError
 from fmnist.nodetypes import FLAVORS
+from fmnist.pipeline.attempts import DONE, classify_pbs, classify_slurm
 
 # Job states, normalised across flavors.
 QUEUED, WAITING, HELD, RUNNING = (
@@ -83,6 +84,7 @@ class JobState:
     state: str
     detail: str = ""  # the scheduler's own word: PENDING (Dependency), C, exit status...
     elements: dict[str, str] = field(default_factory=dict)  # array index -> state
+    cause: str = ""  # how it ended (fmnist.pipeline.attempts), once it has ended
 
 
 def _check_env(env: dict[str, str]) -> None:
@@ -249,22 +251,29 @@ def parse_scontrol_jobs(text: str) -> dict[str, JobState]:
                 state = WAITING
             elif word in _SLURM_NEVER:
                 state = UNRUNNABLE
+        cause = ""
+        if state in (COMPLETED, FAILED, CANCELLED):
+            cause = classify_slurm(raw, fields.get("ExitCode", "")).cause
         key = fields.get("ArrayJobId") or fields["JobId"]
         index = fields.get("ArrayTaskId") or ""
-        elements.setdefault(key, {})[index] = (state, detail)
+        elements.setdefault(key, {})[index] = (state, detail, cause)
     return {key: _fold(parts) for key, parts in elements.items()}
 
 
 def parse_sacct(text: str) -> dict[str, JobState]:
-    """States from ``sacct -n -P -X -o JobID,State``: ``12|COMPLETED``, ``13_0|FAILED``."""
-    elements: dict[str, dict[str, tuple[str, str]]] = {}
+    """States from ``sacct -n -P -X -o JobID,State,ExitCode``: ``12|COMPLETED|0:0``."""
+    elements: dict[str, dict[str, tuple[str, str, str]]] = {}
     for line in text.splitlines():
         parts = line.strip().split("|")
         if len(parts) < 2 or not parts[0]:
             continue
         job, _, index = parts[0].partition("_")
         raw = parts[1].split()[0]  # "CANCELLED by 0"
-        elements.setdefault(job, {})[index] = (_SLURM_STATES.get(raw, UNKNOWN), parts[1])
+        state = _SLURM_STATES.get(raw, UNKNOWN)
+        cause = ""
+        if state in (COMPLETED, FAILED, CANCELLED):
+            cause = classify_slurm(raw, parts[2] if len(parts) > 2 else "").cause
+        elements.setdefault(job, {})[index] = (state, parts[1], cause)
     return {key: _fold(parts) for key, parts in elements.items()}
 
 
@@ -307,7 +316,7 @@ def pbs_state(flavor: str, attributes: dict[str, str]) -> JobState:
     detail = letter + (f" exit {exit_status}" if exit_status is not None else "")
     if "deleted" in comment.lower() and letter in ("C", "F", "X"):
         # Torque: "Job deleted as result of dependency on job 3.srv", C with exit 271.
-        return JobState(CANCELLED, f"{detail}: {comment}")
+        return JobState(CANCELLED, f"{detail}: {comment}", cause=classify_pbs(flavor, None).cause)
     if "deleted" in comment.lower() and letter in ("H", "Q", "W"):
         # Torque 6.1 can leave a job it deleted for its dependency in the queue, held for
         # good ("deleted because its dependency of array 67[].srv can never be satisfied").
@@ -317,10 +326,12 @@ def pbs_state(flavor: str, attributes: dict[str, str]) -> JobState:
             if flavor == "pbspro":
                 # PBS Pro deletes an afterok dependent of a failed job: it ends F with no
                 # exit status, never having run (qdel of a queued job looks the same).
-                return JobState(CANCELLED, f"{detail}: deleted before it ran")
+                cause = classify_pbs(flavor, None).cause
+                return JobState(CANCELLED, f"{detail}: deleted before it ran", cause=cause)
             return JobState(FINISHED, detail)  # Slurm's qstat wrapper reports none
         state = COMPLETED if exit_status.strip() == "0" else FAILED
-        return JobState(state, detail)
+        number = int(exit_status) if exit_status.strip().lstrip("-").isdigit() else 1
+        return JobState(state, detail, cause=classify_pbs(flavor, number).cause)
     state = _PBS_STATES.get(letter, UNKNOWN)
     if letter == "H" and _waits_for_dependency(attributes):
         state = WAITING
@@ -348,27 +359,35 @@ def parse_qstat_full(text: str, flavor: str = "torque") -> dict[str, JobState]:
         element = _ELEMENT.match(job_id)
         if element:
             parent = f"{element.group(1)}[]{element.group(3)}"
-            elements.setdefault(parent, {})[element.group(2)] = (state.state, state.detail)
+            elements.setdefault(parent, {})[element.group(2)] = (
+                state.state,
+                state.detail,
+                state.cause,
+            )
         else:
             jobs[job_id] = state
     for parent, parts in elements.items():
         folded = _fold(parts)
         own = jobs.get(parent)
         if own and own.state == CANCELLED and folded.state != RUNNING:
-            folded = JobState(CANCELLED, own.detail, folded.elements)  # deleted as a whole
+            # Deleted as a whole.
+            folded = JobState(CANCELLED, own.detail, folded.elements, own.cause)
         elif own and own.state in (WAITING, HELD, UNRUNNABLE) and folded.state == QUEUED:
             folded = JobState(own.state, own.detail, folded.elements)  # the array's hold
         jobs[parent] = folded
     return jobs
 
 
-def _fold(parts: dict[str, tuple[str, str]]) -> JobState:
+def _fold(parts: dict[str, tuple[str, str, str]]) -> JobState:
     if list(parts) == [""]:
-        state, detail = parts[""]
-        return JobState(state, detail)
-    state = combine_states(state for state, _ in parts.values())
-    details = sorted({detail for _, detail in parts.values()})
-    return JobState(state, ", ".join(details), {k: s for k, (s, _) in parts.items()})
+        state, detail, cause = parts[""]
+        return JobState(state, detail, cause=cause)
+    state = combine_states(state for state, _, _ in parts.values())
+    details = sorted({detail for _, detail, _ in parts.values()})
+    # An array ended as its first element that did not end well (else done).
+    causes = [cause for _, _, cause in sorted(parts.values()) if cause]
+    cause = next((c for c in causes if c != DONE), causes[0] if causes else "")
+    return JobState(state, ", ".join(details), {k: s for k, (s, _, _) in parts.items()}, cause)
 
 
 # --------------------------------------------------------------------------- edges
@@ -403,7 +422,8 @@ def query_states(flavor: str, job_ids: list[str]) -> dict[str, JobState]:
         missing = [job_id for job_id in job_ids if job_id not in states]
         if missing and shutil.which("sacct"):
             result = run_command(
-                ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(missing)], False
+                ["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode", "-j", ",".join(missing)],
+                False,
             )
             if result.returncode == 0:
                 states.update(parse_sacct(result.stdout))
