@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -546,7 +547,15 @@ def step_command(task, run, profile, force):
     is_flag=True,
     help="Keep queued and running jobs, submit the tasks whose outputs are incomplete.",
 )
-def submit_command(scheduler, profile, node_types, out, dry_run, resume):
+@click.option(
+    "--walltime",
+    "walltimes",
+    multiple=True,
+    metavar="NAME=HH:MM:SS",
+    help="Walltime of a step (train=02:00:00) or one task (train:main=00:01:40), over "
+    "jobs/pipeline.toml's; repeatable [default: FMNIST_WALLTIME's, space-separated].",
+)
+def submit_command(scheduler, profile, node_types, out, dry_run, resume, walltimes):
     """Submit the pipeline DAG to a batch scheduler, one job per task, with dependencies.
 
     The same tasks `run` executes; job ids go to RUN/jobs.json. Benchmark-like steps
@@ -557,11 +566,14 @@ def submit_command(scheduler, profile, node_types, out, dry_run, resume):
       fmnist-batch submit --scheduler torque --node-type skl,icx,spr --dry-run
       fmnist-batch submit --scheduler slurm --profile quick --node-type local --out outputs/q
       fmnist-batch submit --out outputs/q --resume
+      fmnist-batch submit --walltime train:main=00:01:40 --out outputs/q
     """
     from fmnist.pipeline.spec import load_pipeline
     from fmnist.pipeline.submit import resolve_settings, submit_pipeline, submit_summary
 
-    settings = resolve_settings(scheduler, profile, node_types, out, resume)
+    if not walltimes and os.environ.get("FMNIST_WALLTIME"):
+        walltimes = tuple(os.environ["FMNIST_WALLTIME"].split())
+    settings = resolve_settings(scheduler, profile, node_types, out, resume, walltimes)
     _, result, script = submit_pipeline(
         load_pipeline(settings.pipeline), settings, dry_run=dry_run, resume=resume,
         progress=_progress,

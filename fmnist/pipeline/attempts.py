@@ -206,6 +206,46 @@ def format_walltime(seconds: float) -> str:
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def walltime_warning(seconds: int) -> int:
+    """How long before its walltime a job is told to save and hand over (seconds).
+
+    A fifth of the walltime, at least 10 s (a tiny test walltime) and at most 5 minutes:
+    time to finish the batch at hand, save, and submit the next attempt.
+    """
+    return min(300, max(10, seconds // 5))
+
+
+def parse_walltime_overrides(values: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["train=02:00:00", "train:main=00:01:40"]`` -> ``{"train": ..., "train:main": ...}``.
+
+    Each value is ``STEP=HH:MM:SS`` or ``TASK=HH:MM:SS``, or a bare ``HH:MM:SS`` for
+    every task (key ``""``); whether a name is a step or a task of the DAG is checked
+    against the DAG by the caller.
+    """
+    overrides = {}
+    for value in values:
+        name, sep, walltime = value.partition("=")
+        if not sep:
+            name, walltime = "", value
+        elif not name.strip():
+            raise FmnistError(
+                f"--walltime {value!r}: expected STEP=HH:MM:SS or TASK=HH:MM:SS "
+                "(train=02:00:00, train:main=00:01:40)"
+            )
+        try:
+            walltime_seconds(walltime)
+        except FmnistError as exc:
+            raise FmnistError(f"--walltime {value!r}: {exc}") from exc
+        overrides[name.strip()] = walltime.strip()
+    return overrides
+
+
+def walltime_for(task_id: str, step: str, declared: str, overrides: dict[str, str]) -> str:
+    """A task's walltime: its own override, else its step's, else one for every task
+    (key ``""``), else the declared one."""
+    return overrides.get(task_id) or overrides.get(step) or overrides.get("") or declared
+
+
 def memory_mb(text: str) -> int:
     """``2gb``/``2G`` -> 2048, ``512mb``/``512M`` -> 512; else a one-line error."""
     value = text.strip().lower().removesuffix("b")

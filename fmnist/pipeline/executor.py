@@ -94,11 +94,18 @@ def run_measured(
     stdout=None,
     stderr=None,
     classify: Callable[[int], AttemptEnd] = classify_exit,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> ProcessRun:
     """Run ``command`` to its end and measure it with ``wait4`` (its own rusage only, so
-    tasks running side by side in threads do not mix)."""
+    tasks running side by side in threads do not mix).
+
+    ``on_start`` gets the process as soon as it runs (a job forwards signals to it);
+    ``classify`` judges its exit status.
+    """
     started = time.time()
     process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env)
+    if on_start is not None:
+        on_start(process)
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     return ProcessRun(

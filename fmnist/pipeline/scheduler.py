@@ -75,6 +75,7 @@ class Submission:
     array: int | None = None
     after: tuple[Dependency, ...] = ()
     umask: str | None = None  # the mode mask of the job's files (PBS: -W umask=)
+    warning: int | None = None  # seconds: Slurm signals the job this long before its walltime
 
 
 @dataclass(frozen=True)
@@ -147,11 +148,31 @@ def submit_command(flavor: str, job: Submission) -> list[str]:
             f"--output={log}",
             "--export=ALL" + ("," + exported if exported else ""),
         ]
+        if job.warning:
+            # B: the batch shell, which is `fmnist-batch step` (the scripts exec it).
+            command.append(f"--signal=B:TERM@{job.warning}")
         if job.array:
             command.append(f"--array=0-{job.array - 1}")
         if job.after:
             command.append("--dependency=afterok:" + ":".join(d.job_id for d in job.after))
         return [*command, job.script]
+    raise FmnistError(f"unknown scheduler {flavor!r}; valid: {', '.join(FLAVORS)}")
+
+
+def depend_command(flavor: str, job_id: str, after: tuple[Dependency, ...]) -> list[str]:
+    """The command that makes queued job ``job_id`` wait for ``after`` instead.
+
+    The next attempt of a task adds its job to its dependents' lists this way, before the
+    attempt that hands over exits 0 (PBS Pro deletes a dependent when the job it was
+    submitted after fails, even once its list no longer names that job).
+    """
+    if not after:
+        raise FmnistError(f"{job_id}: a dependency update needs at least one job")
+    if flavor == "slurm":
+        ids = ":".join(d.job_id for d in after)
+        return ["scontrol", "update", f"JobId={job_id}", f"Dependency=afterok:{ids}"]
+    if flavor in ("torque", "pbspro"):
+        return ["qalter", *_pbs_depend(flavor, after), job_id]
     raise FmnistError(f"unknown scheduler {flavor!r}; valid: {', '.join(FLAVORS)}")
 
 

@@ -9,7 +9,7 @@ the scheduler's reason for a job no node can run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmnist.io import FmnistError
@@ -47,6 +47,45 @@ class TaskStatus:
     outputs_present: int
     outputs_total: int
     note: str = ""  # why it is not done: the failed task it waited for, the log to read
+    attempts: list[dict] = field(default_factory=list)  # oldest first: job, cause, ...
+    cause: str = ""  # how its current job ended (fmnist.pipeline.attempts), once it has
+
+
+def task_attempts(job: dict, current: JobState) -> list[dict]:
+    """Every attempt of a task, oldest first: its job id, attempt number and cause.
+
+    The ended ones come from the record the jobs keep (``history``, ``end``); the
+    current one's cause, when its job wrote none, from the scheduler's record.
+    """
+    attempts = []
+    for old in reversed(job.get("history", [])):
+        attempts.append(
+            {
+                "attempt": old.get("attempt", 1),
+                "job_id": old.get("job_id"),
+                "cause": old.get("cause") or "resubmitted",
+                "exit_status": old.get("exit_status"),
+                "signal": old.get("signal"),
+            }
+        )
+    end = job.get("end") or {}
+    if end.get("job_id") not in (None, job["job_id"]):
+        end = {}  # a record of an earlier job: this one has not ended yet
+    attempts.append(
+        {
+            "attempt": job.get("attempt", 1),
+            "job_id": job["job_id"],
+            "cause": end.get("cause") or current.cause or current.state,
+            "exit_status": end.get("exit_status"),
+            "signal": end.get("signal"),
+        }
+    )
+    return attempts
+
+
+def format_attempts(attempts: list[dict]) -> str:
+    """``1 walltime, 2 walltime, 3 done``."""
+    return ", ".join(f"{a['attempt']} {a['cause']}" for a in attempts)
 
 
 def _task_state(outputs: list[Path], present: int, scheduler: JobState) -> tuple[str, str]:
@@ -119,7 +158,12 @@ def task_statuses(run: Path | str, states: dict[str, JobState], record: dict) ->
     statuses = []
     for task_id, (job, state, detail, present, total) in rows.items():
         note = ""
-        if state in (FAILED, INCOMPLETE) and job.get("log"):
+        scheduler = states.get(job["job_id"], JobState(UNKNOWN))
+        attempts = task_attempts(job, scheduler)
+        stopped = (job.get("end") or {}).get("note", "")
+        if stopped and state != DONE:
+            note = stopped  # the job said why no next attempt followed
+        elif state in (FAILED, INCOMPLETE) and job.get("log"):
             note = f"see {element_logs(flavor, job['log']) if job.get('array') else job['log']}"
         elif state in NOT_RUN or state == BLOCKED:
             causes = ", ".join(_causes(task_id, jobs, by_id))
@@ -129,7 +173,10 @@ def task_statuses(run: Path | str, states: dict[str, JobState], record: dict) ->
                 note = f"never ran: {causes} failed"
         elif state == UNRUNNABLE:
             note = "no node can run it: cancel it, or resubmit with another --node-type"
-        statuses.append(TaskStatus(task_id, job["job_id"], state, detail, present, total, note))
+        cause = attempts[-1]["cause"] if state not in ACTIVE else ""
+        statuses.append(
+            TaskStatus(task_id, job["job_id"], state, detail, present, total, note, attempts, cause)
+        )
     return statuses
 
 
@@ -160,11 +207,11 @@ def run_status(run: Path | str) -> list[TaskStatus]:
 
 def format_statuses(statuses: list[TaskStatus]) -> str:
     """A plain-text table of task states; the last column says why a task is not done."""
-    rows = [("TASK", "JOB", "STATE", "OUTPUTS", "WHY / SCHEDULER SAYS")]
+    rows = [("TASK", "JOB", "STATE", "OUTPUTS", "ATTEMPTS", "WHY / SCHEDULER SAYS")]
     for s in statuses:
         outputs = f"{s.outputs_present}/{s.outputs_total}"
         why = "; ".join(part for part in (s.note, s.detail) if part)
-        rows.append((s.task_id, s.job_id, s.state, outputs, why))
+        rows.append((s.task_id, s.job_id, s.state, outputs, format_attempts(s.attempts), why))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]])

@@ -10,15 +10,29 @@ a fanned-out step to run comes from the task id (``train:main``) or from
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fmnist.io import FmnistError, default_run_dir
-from fmnist.jobenv import job_recorded, parse_job_environment, record_job
-from fmnist.nodetypes import FLAVORS
+from fmnist.io import DEFAULT_PROFILE, FmnistError, default_run_dir
+from fmnist.jobenv import JobEnvironment, job_recorded, parse_job_environment, record_job
+from fmnist.nodetypes import FLAVORS, load_node_types
+from fmnist.pipeline.attempts import DONE, AttemptEnd, parse_walltime_overrides
 from fmnist.pipeline.executor import run_job_tasks
-from fmnist.pipeline.spec import Pipeline, Task, env_name, expand, load_pipeline, scalar_overrides
+from fmnist.pipeline.handover import hand_over, note_end, run_attempt, submit_one
+from fmnist.pipeline.scheduler import submit_command
+from fmnist.pipeline.spec import (
+    Pipeline,
+    Task,
+    array_size,
+    env_name,
+    expand,
+    load_pipeline,
+    scalar_overrides,
+)
+from fmnist.pipeline.submit import JOBS_FILE, SubmitSettings, now, plan_jobs
+from fmnist.resources import pipeline_spec
 
 
 @dataclass(frozen=True)
@@ -80,12 +94,79 @@ def run_step(
     force: bool = False,
     progress: Callable[[str], None] = print,
 ) -> None:
-    """``fmnist-batch step``: run the task(s) ``selector`` and the environment pick."""
-    run = run or default_run_dir(profile)
+    """``fmnist-batch step``: run the task(s) ``selector`` and the environment pick.
+
+    In a scheduler job that runs one plain task, the task runs under the job's walltime
+    and a next attempt follows when its end calls for one (:mod:`.handover`).
+    """
+    run = Path(run or default_run_dir(profile))
     tasks = select_tasks(load_pipeline(), profile, run, selector, environ)
-    ran = run_job_tasks(tasks, environ, force=force, progress=progress)
+    job = parse_job_environment(environ)
+    if job.scheduler in FLAVORS and len(tasks) == 1 and array_size(tasks[0]) is None:
+        ran = _run_in_job(tasks[0], run, environ, job, force, progress)
+    else:
+        ran = run_job_tasks(tasks, environ, force=force, progress=progress)
     # Every scheduler job records itself in the run's manifest; most commands do it
     # themselves, this covers those that do not (data to-csv).
-    job = parse_job_environment(environ)
     if ran and job.scheduler in FLAVORS and not job_recorded(run):
         record_job(run, f"step {selector}", task_id=ran[-1])
+
+
+def _run_in_job(
+    task: Task,
+    run: Path,
+    environ: Mapping[str, str],
+    job: JobEnvironment,
+    force: bool,
+    progress: Callable[[str], None],
+) -> list[str]:
+    """One attempt of ``task`` in this scheduler job; the next one submitted if due."""
+    if not force and task.complete():
+        progress(f"[skip]    {task.id} (outputs complete)")
+        return []
+    progress(f"[start]   {task.id}: fmnist-batch {shlex.join(task.args)}")
+    record = run / JOBS_FILE
+
+    def submit_next(task: Task, attempt: int, end: AttemptEnd) -> str:
+        settings = SubmitSettings(
+            scheduler=job.scheduler,
+            profile=environ.get("FMNIST_PROFILE") or DEFAULT_PROFILE,
+            node_types=[job.node_type],
+            pipeline=environ.get("FMNIST_PIPELINE") or str(pipeline_spec().resolve()),
+            run=str(run),
+            walltimes=parse_walltime_overrides(environ.get("FMNIST_WALLTIME", "").split()),
+        )
+        [planned] = plan_jobs([task], settings, load_node_types(), attempt)
+        command = submit_command(job.scheduler, planned.submission)
+        job_id = submit_one(job.scheduler, command)
+        new_job = {
+            "job_id": job_id,
+            "command": command,
+            "submitted_at": now(),
+            "attempt": attempt,
+            "walltime": planned.submission.walltime,
+            "log": str(Path(planned.submission.log).relative_to(run)),
+        }
+        waiting = hand_over(record, job.scheduler, task.id, new_job, _ended(job, end))
+        if waiting:
+            progress(f"[next]    {task.id}: job(s) {', '.join(waiting)} now wait for {job_id}")
+        return job_id
+
+    result = run_attempt(task, run, environ, submit_next, progress)
+    if result.next_job:
+        return [task.id]
+    note_end(record, task.id, job.job_id, {**_ended(job, result.end), "note": result.note})
+    if result.end.cause != DONE:
+        raise FmnistError(f"{task.id}: {result.note}")
+    progress(f"[done]    {task.id}")
+    return [task.id]
+
+
+def _ended(job: JobEnvironment, end: AttemptEnd) -> dict:
+    return {
+        "job_id": job.job_id,
+        "cause": end.cause,
+        "exit_status": end.exit_status,
+        "signal": end.signal,
+        "ended_at": now(),
+    }

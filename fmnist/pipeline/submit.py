@@ -36,6 +36,14 @@ from fmnist.io import (
     write_json_atomic,
 )
 from fmnist.nodetypes import NodeType, check_names, load_node_types, split_names
+from fmnist.pipeline.attempts import (
+    attempt_resources,
+    parse_walltime_overrides,
+    retry_policy,
+    walltime_for,
+    walltime_seconds,
+    walltime_warning,
+)
 from fmnist.pipeline.executor import log_path
 from fmnist.pipeline.nodes import list_nodes, node_offers
 from fmnist.pipeline.scheduler import (
@@ -90,6 +98,7 @@ class SubmitSettings:
     node_types: list[str]
     pipeline: str
     run: str
+    walltimes: dict[str, str] = field(default_factory=dict)  # step or task id -> HH:MM:SS
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -121,18 +130,41 @@ def _script(task: Task) -> Path:
     return script
 
 
-def _check_walltime(task: Task) -> str:
-    walltime = str(task.resources.get("walltime") or DEFAULT_WALLTIME)
-    if not all(part.isdigit() for part in walltime.split(":")) or walltime.count(":") > 2:
-        raise FmnistError(f"task {task.id}: walltime {walltime!r} is not [[HH:]MM:]SS")
-    return walltime
+def task_walltime(task: Task, overrides: dict[str, str], attempt: int = 1) -> str:
+    """The walltime of a task's attempt ``attempt``: ``--walltime`` for the task, else for
+    its step, else ``resources.walltime`` (default one hour), grown per attempt as the
+    step's ``grow.walltime`` says."""
+    declared = str(task.resources.get("walltime") or DEFAULT_WALLTIME)
+    walltime = walltime_for(task.id, task.step, declared, overrides)
+    try:
+        walltime_seconds(walltime)
+    except FmnistError as exc:
+        raise FmnistError(f"task {task.id}: {exc}") from exc
+    policy = retry_policy(task.id, task.resources)
+    return attempt_resources(walltime, None, policy, attempt)[0]
 
 
-def job_environment(task: Task, settings: SubmitSettings, node_type: str) -> dict[str, str]:
+def check_walltime_names(overrides: dict[str, str], tasks: list[Task]) -> None:
+    """Every ``--walltime`` name is a step or a task of the DAG; else one error."""
+    known = {t.id for t in tasks} | {t.step for t in tasks}
+    unknown = [name for name in overrides if name and name not in known]
+    if unknown:
+        steps = ", ".join(dict.fromkeys(t.step for t in tasks))
+        raise FmnistError(
+            f"--walltime {', '.join(unknown)}: no such step or task in this DAG "
+            f"(steps: {steps}; a task is step:value, e.g. train:main)"
+        )
+
+
+def job_environment(
+    task: Task, settings: SubmitSettings, node_type: str, walltime: str, attempt: int = 1
+) -> dict[str, str]:
     """The variables a task's job gets: run, profile, spec, and its placeholder values.
 
     ``FMNIST_UMASK`` carries the submitter's umask: the job scripts apply it, so results
-    are as readable as the files the user writes by hand.
+    are as readable as the files the user writes by hand. ``FMNIST_WALLTIME`` (the task's
+    walltime as given) and ``FMNIST_ATTEMPT`` tell the job its walltime, grown per
+    attempt (it hands over to the next attempt before it runs out).
     """
     env = {
         "FMNIST_RUN": settings.run,
@@ -140,6 +172,8 @@ def job_environment(task: Task, settings: SubmitSettings, node_type: str) -> dic
         "FMNIST_PIPELINE": settings.pipeline,
         "FMNIST_NODE_TYPE": node_type,
         "FMNIST_UMASK": f"{current_umask():03o}",
+        "FMNIST_WALLTIME": walltime,
+        "FMNIST_ATTEMPT": str(attempt),
     }
     for key, value in task.values.items():
         env[env_name(key)] = str(value)
@@ -153,6 +187,7 @@ def plan_jobs(
     tasks: list[Task],
     settings: SubmitSettings,
     catalog: dict[str, NodeType],
+    attempt: int = 1,
 ) -> list[PlannedJob]:
     """One job per task, in dependency order, with the flavor-neutral submission details.
 
@@ -164,15 +199,23 @@ def plan_jobs(
     umask = f"{current_umask():03o}" if settings.scheduler in ("torque", "pbspro") else None
     for task in tasks:
         node_type = str(task.values.get("node_type", settings.node_types[0]))
+        walltime = task_walltime(task, settings.walltimes, attempt)
+        log = log_path(run / "logs", task.id)
+        if attempt > 1:  # each attempt keeps its own log
+            log = log.with_name(log.name.replace(".log", f".attempt{attempt}.log"))
         submission = Submission(
             name=job_name(task.id),
             script=str(_script(task)),
-            walltime=_check_walltime(task),
+            walltime=walltime,
             request=catalog[node_type].request(settings.scheduler),
-            env=job_environment(task, settings, node_type),
-            log=str(log_path(run / "logs", task.id)),
+            # The walltime as given: each attempt's job grows it by its attempt number.
+            env=job_environment(
+                task, settings, node_type, task_walltime(task, settings.walltimes), attempt
+            ),
+            log=str(log),
             array=array_size(task),
             umask=umask,
+            warning=walltime_warning(walltime_seconds(walltime)),
         )
         planned.append(PlannedJob(task, submission, node_type))
     return planned
@@ -218,7 +261,8 @@ def _is_array(planned: list[PlannedJob], task_id: str) -> bool:
     return any(job.task.id == task_id and job.array for job in planned)
 
 
-def _now() -> str:
+def now() -> str:
+    """The time now, UTC, as ISO 8601 to the second (the job record's clock)."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
@@ -257,7 +301,7 @@ def submit_jobs(
     )
     record = {
         "settings": settings.to_dict(),
-        "submitted": (previous or {}).get("submitted", []) + [_now()],
+        "submitted": (previous or {}).get("submitted", []) + [now()],
         "order": [job.task.id for job in planned],  # DAG order (the JSON keys get sorted)
         "jobs": dict(old_jobs),
     }
@@ -304,7 +348,9 @@ def submit_jobs(
             "outputs": [str(p.relative_to(run)) for p in task.outputs],
             "log": str(Path(submission.log).relative_to(run)),
             "command": command,
-            "submitted_at": _now(),
+            "submitted_at": now(),
+            "attempt": 1,
+            "walltime": submission.walltime,
             "history": history,
         }
         # Written after every job: an interrupted submit still knows what it sent.
@@ -334,6 +380,7 @@ def submit_pipeline(
         "node_types": settings.node_types,
     }
     tasks = expand(pipeline, settings.profile, settings.run, overrides)
+    check_walltime_names(settings.walltimes, tasks)
     for task in tasks:
         _script(task)
     if settings.scheduler is None:
@@ -384,9 +431,12 @@ def resolve_settings(
     node_types: str | None,
     out: Path | str | None,
     resume: bool,
+    walltimes: tuple[str, ...] = (),
 ) -> SubmitSettings:
     """The settings of a submit call: what was given, else (``resume``) what the run's
-    jobs.json recorded, else the defaults (detected flavor, quick, local, this spec)."""
+    jobs.json recorded, else the defaults (detected flavor, quick, local, this spec).
+
+    ``walltimes`` (``STEP=HH:MM:SS``, ``TASK=HH:MM:SS``) add to those recorded."""
     recorded: dict = {}
     if resume:
         recorded = (read_record(out or default_run_dir(profile)) or {}).get("settings", {})
@@ -399,6 +449,7 @@ def resolve_settings(
         ),
         pipeline=recorded.get("pipeline") or str(pipeline_spec().resolve()),
         run=str(Path(out or default_run_dir(profile)).resolve()),
+        walltimes={**recorded.get("walltimes", {}), **parse_walltime_overrides(walltimes)},
     )
 
 
