@@ -7,8 +7,9 @@ PBS families' SIGTERM-then-SIGKILL do; a training saves where it is and exits
 ``CONTINUE_EXIT``. The job then judges the end (:mod:`fmnist.pipeline.attempts`):
 
 - done: nothing more;
-- walltime, having changed something in the run directory: the next attempt continues
-  (however many it takes); walltime without a change stops the chain, saying so;
+- walltime, having changed a file of the run directory (new, or other content): the next
+  attempt continues (however many it takes); walltime without a change stops the chain,
+  saying so;
 - memory, node failure or signal: the next attempt, while the step's ``retries`` last;
 - a code error, or cancelled: it stands.
 
@@ -29,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmnist.io import FmnistError, file_lock, write_json_atomic
+from fmnist.io import FmnistError, file_lock, sha256_file, write_json_atomic
 from fmnist.pipeline.attempts import (
     CANCELLED,
     DONE,
@@ -69,6 +70,7 @@ class AttemptResult:
     progressed: bool
     next_job: str | None = None  # the job of the next attempt, when one was submitted
     note: str = ""  # why the chain stops, when it does
+    complete: bool = False  # the task's outputs are all there
 
 
 def job_walltime(environ: Mapping[str, str], task: Task, attempt: int = 1) -> int | None:
@@ -90,19 +92,39 @@ def job_walltime(environ: Mapping[str, str], task: Task, attempt: int = 1) -> in
     return int(seconds) if seconds.isdigit() and int(seconds) > 0 else None
 
 
-def changed_since(run: Path, since: float) -> bool:
-    """True when a file of ``run`` outside the job bookkeeping changed after ``since``."""
-    for root, dirs, files in os.walk(run):
-        if Path(root) == run:
+# Files up to this size are compared by content: a task that rewrites one unchanged (a
+# configuration written at every start) has made no progress by it.
+SMALL_FILE = 1 << 20
+
+
+def snapshot(run: Path) -> dict[str, tuple[float, int, str | None]]:
+    """Each file of ``run`` outside the job bookkeeping: mtime, size, small files' hash."""
+    files = {}
+    for root, dirs, names in os.walk(run):
+        here = Path(root)
+        if here == run:
             dirs[:] = [d for d in dirs if d not in BOOKKEEPING]
-        for name in files:
-            if Path(root) == run and name in BOOKKEEPING:
+        for name in names:
+            if (here == run and name in BOOKKEEPING) or name.startswith("."):
                 continue
+            path = here / name
             try:
-                if os.stat(Path(root) / name).st_mtime > since:
-                    return True
+                info = path.stat()
+                digest = sha256_file(path) if info.st_size <= SMALL_FILE else None
             except FileNotFoundError:
                 continue  # a temporary file renamed meanwhile
+            files[str(path.relative_to(run))] = (info.st_mtime, info.st_size, digest)
+    return files
+
+
+def progressed(before: dict, after: dict) -> bool:
+    """True when a file is new, or changed in size or content (pure)."""
+    for path, (mtime, size, digest) in after.items():
+        old = before.get(path)
+        if old is None:
+            return True
+        if mtime != old[0] and (size != old[1] or digest is None or digest != old[2]):
+            return True
     return False
 
 
@@ -123,10 +145,11 @@ def oom_kills() -> int | None:
 @dataclass
 class WalltimeGuard:
     """Asks the task to stop before the job's walltime runs out, and passes on the
-    scheduler's SIGTERM (Slurm signals only the batch shell, which is this process).
+    scheduler's signals (Slurm signals only the batch shell, which is this process).
 
-    ``at_walltime`` says the stop was the walltime's; a SIGTERM earlier than the
-    warning is a cancel (``qdel``, ``scancel``).
+    The stop comes from this job's own timer, from Slurm's warning (SIGUSR1, asked for
+    with ``--signal``) or from a SIGTERM near the walltime (the PBS families' at the
+    limit): ``at_walltime``. A SIGTERM well before it is a cancel (``qdel``, ``scancel``).
     """
 
     walltime_s: int | None
@@ -153,8 +176,12 @@ class WalltimeGuard:
         near = self.walltime_s is not None and elapsed >= self.walltime_s - 2 * self.warning_s
         self._stop(near)
 
+    def _on_warning(self, signum, frame) -> None:
+        self._stop(True)
+
     def __enter__(self) -> WalltimeGuard:
         self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._previous_usr1 = signal.signal(signal.SIGUSR1, self._on_warning)
         self._timer = None
         if self.walltime_s:
             delay = max(0.0, self.walltime_s - self.warning_s - (time.monotonic() - self.started))
@@ -167,6 +194,7 @@ class WalltimeGuard:
         if self._timer is not None:
             self._timer.cancel()
         signal.signal(signal.SIGTERM, self._previous)
+        signal.signal(signal.SIGUSR1, self._previous_usr1)
 
     def attach(self, process: subprocess.Popen) -> None:
         self.process = process
@@ -212,25 +240,26 @@ def run_attempt(
     policy = retry_policy(task.id, task.resources)
     guard = WalltimeGuard(job_walltime(environ, task, attempt))
     env = {"PYTHONFAULTHANDLER": "1", **environ, "FMNIST_TASK_ID": task.id}
-    since = time.time()
+    files = snapshot(run)
     before = oom_kills()
     with guard:
         measured = run_measured(cli_command(task.args), env, on_start=guard.attach)
     end = judge(measured, guard, before, oom_kills())
-    progressed = changed_since(run, since)
-    verdict = decide(end, progressed, attempt, policy.retries)
-    if verdict == "done":
-        return AttemptResult(task.id, attempt, measured, end, progressed)
+    moved = progressed(files, snapshot(run))
+    verdict = decide(end, moved, attempt, policy.retries)
+    if verdict == "done" or (end.cause == WALLTIME and task.complete()):
+        # Stopped after its outputs were written (while recording itself, say): done.
+        return AttemptResult(task.id, attempt, measured, end, moved, complete=True)
     how = exit_description(measured.returncode)
     if verdict != "next":
         progress(f"[stop]    {task.id}: {verdict} ({how})")
-        return AttemptResult(task.id, attempt, measured, end, progressed, note=verdict)
+        return AttemptResult(task.id, attempt, measured, end, moved, note=verdict)
     job_id = submit_next(task, attempt + 1, end)
     progress(
         f"[next]    {task.id}: attempt {attempt} ended ({end.cause}, {how}); "
         f"attempt {attempt + 1} is job {job_id}"
     )
-    return AttemptResult(task.id, attempt, measured, end, progressed, next_job=job_id)
+    return AttemptResult(task.id, attempt, measured, end, moved, next_job=job_id)
 
 
 # --------------------------------------------------------------------------- the record
@@ -296,6 +325,10 @@ def read_record_file(path: Path) -> dict:
         raise FmnistError(f"{path}: cannot read the job record ({exc})") from exc
 
 
-def submit_one(flavor: str, command: list[str]) -> str:
-    """Submit one job; its id."""
-    return parse_job_id(flavor, run_command(command).stdout)
+def submit_one(flavor: str, command: list[str], env: Mapping[str, str]) -> str:
+    """Submit one job whose variables ``env`` are passed on its command line; its id.
+
+    This job's own values of them are left out of the submitting environment, so
+    ``-V`` (PBS) cannot put them back over the new ones.
+    """
+    return parse_job_id(flavor, run_command(command, unset=env).stdout)

@@ -23,6 +23,7 @@ of its arguments, so the dialects are unit-tested without a scheduler.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -149,8 +150,10 @@ def submit_command(flavor: str, job: Submission) -> list[str]:
             "--export=ALL" + ("," + exported if exported else ""),
         ]
         if job.warning:
-            # B: the batch shell, which is `fmnist-batch step` (the scripts exec it).
-            command.append(f"--signal=B:TERM@{job.warning}")
+            # B: the batch shell, which is `fmnist-batch step` (the scripts exec it). USR1,
+            # not TERM: Slurm may send it up to a minute early, and a TERM then would
+            # look like scancel's.
+            command.append(f"--signal=B:USR1@{job.warning}")
         if job.array:
             command.append(f"--array=0-{job.array - 1}")
         if job.after:
@@ -414,12 +417,38 @@ def _fold(parts: dict[str, tuple[str, str, str]]) -> JobState:
 # --------------------------------------------------------------------------- edges
 
 
-def run_command(command: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    """Run a scheduler command; a missing program or a failure is a one-line FmnistError."""
+def command_environ(environ: dict[str, str]) -> dict[str, str]:
+    """The environment scheduler commands run with (pure).
+
+    Inside a PBS job (Torque, PBS Pro) the job's login shell rebuilds PATH, and another
+    flavor's ``qsub`` (Slurm's wrapper) can come first: the submitter's PATH
+    (``PBS_O_PATH``) goes in front, so a job submits its next attempt where it came from.
+    """
+    if environ.get("PBS_JOBID") and environ.get("PBS_O_PATH"):
+        return {**environ, "PATH": environ["PBS_O_PATH"] + os.pathsep + environ.get("PATH", "")}
+    return environ
+
+
+def run_command(
+    command: list[str], check: bool = True, unset: Iterable[str] = ()
+) -> subprocess.CompletedProcess:
+    """Run a scheduler command; a missing program or a failure is a one-line FmnistError.
+
+    ``unset``: variables left out of its environment. A job submitting the next attempt
+    leaves out those it passes with ``-v``: PBS Pro's ``-V`` would export its own values
+    over them.
+    """
+    env = command_environ({k: v for k, v in os.environ.items() if k not in set(unset)})
+    program = shutil.which(command[0], path=env.get("PATH")) or command[0]
     try:
         # errors="replace": Torque's qstat can print garbage bytes in its error messages.
         result = subprocess.run(
-            command, capture_output=True, text=True, errors="replace", timeout=120
+            [program, *command[1:]],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=120,
+            env=env,
         )
     except FileNotFoundError as exc:
         raise FmnistError(f"{command[0]}: not found (is this a {command[0]} cluster?)") from exc

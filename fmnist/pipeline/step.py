@@ -18,7 +18,7 @@ from pathlib import Path
 from fmnist.io import DEFAULT_PROFILE, FmnistError, default_run_dir
 from fmnist.jobenv import JobEnvironment, job_recorded, parse_job_environment, record_job
 from fmnist.nodetypes import FLAVORS, load_node_types
-from fmnist.pipeline.attempts import DONE, AttemptEnd, parse_walltime_overrides
+from fmnist.pipeline.attempts import AttemptEnd, parse_walltime_overrides
 from fmnist.pipeline.executor import run_job_tasks
 from fmnist.pipeline.handover import hand_over, note_end, run_attempt, submit_one
 from fmnist.pipeline.scheduler import submit_command
@@ -138,7 +138,7 @@ def _run_in_job(
         )
         [planned] = plan_jobs([task], settings, load_node_types(), attempt)
         command = submit_command(job.scheduler, planned.submission)
-        job_id = submit_one(job.scheduler, command)
+        job_id = submit_one(job.scheduler, command, planned.submission.env)
         new_job = {
             "job_id": job_id,
             "command": command,
@@ -156,7 +156,7 @@ def _run_in_job(
     if result.next_job:
         return [task.id]
     note_end(record, task.id, job.job_id, {**_ended(job, result.end), "note": result.note})
-    if result.end.cause != DONE:
+    if not result.complete:
         raise FmnistError(f"{task.id}: {result.note}")
     progress(f"[done]    {task.id}")
     return [task.id]
