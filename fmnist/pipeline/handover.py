@@ -271,8 +271,9 @@ def hand_over(
     """Make ``new_job`` the task's job in ``RUN/jobs.json`` and its dependents wait for it.
 
     ``ended`` (cause, exit status, ...) goes into the task's history with the job it
-    replaces. The dependents' states are asked once, for all of them; each one still
-    queued gets the new job added to what it waits for. Returns their job ids.
+    replaces. The scheduler is asked once, for the dependents and the jobs they wait
+    for; each dependent still queued then waits for those of its jobs still queued or
+    running (this one among them: it exits 0 after) and the new job. Returns their ids.
     """
     if not record_path.exists():
         return []  # a job submitted by hand (qsub pbs/train_main.sh): no record to keep
@@ -285,18 +286,24 @@ def hand_over(
         history = [{**{k: v for k, v in old.items() if k != "history"}, **ended}]
         jobs[task_id] = {**old, **new_job, "history": history + old.get("history", [])}
         dependents = [t for t, job in jobs.items() if task_id in job.get("needs", [])]
-        states = query_states(flavor, [jobs[t]["job_id"] for t in dependents])
+        # One question to the scheduler for the dependents and every job they wait for.
+        asked = {jobs[t]["job_id"] for t in dependents}
+        asked |= {j for t in dependents for j in jobs[t].get("after", [])}
+        states = query_states(flavor, sorted(asked))
+        arrays = {job["job_id"] for job in jobs.values() if job.get("array")}
         updated = []
         for dependent in dependents:
             job = jobs[dependent]
             state = states.get(job["job_id"])
             if state is None or state.state not in ACTIVE:
                 continue
-            after = [*job.get("after", []), new_job["job_id"]]
-            arrays = {jobs[t]["job_id"] for t in job.get("needs", []) if jobs[t].get("array")}
-            deps = tuple(Dependency(j, j in arrays) for j in dict.fromkeys(after))
+            # Only jobs still queued or running: Torque refuses a dependency on an ended
+            # one, and an afterok on a job that ended well is met already.
+            after = [j for j in job.get("after", []) if j in states and states[j].state in ACTIVE]
+            after = list(dict.fromkeys([*after, new_job["job_id"]]))
+            deps = tuple(Dependency(j, j in arrays) for j in after)
             run_command(depend_command(flavor, job["job_id"], deps))
-            job["after"] = [d.job_id for d in deps]
+            job["after"] = after
             updated.append(job["job_id"])
         write_json_atomic(record_path, record)
     return updated
