@@ -27,11 +27,11 @@ from fmnist.io import (
     RunLayout,
     atomic_path,
     sha256_file,
-    update_manifest,
     write_json_atomic,
     write_parquet_atomic,
 )
 from fmnist.jobenv import record_job
+from fmnist.manifest import TrainingRecord, record_training
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 
@@ -324,8 +324,7 @@ def train_model(
     if recipe.restore_best and (checkpoint / "best.weights.h5").exists():
         start.model.load_weights(checkpoint / "best.weights.h5")
     result = _write_model(layout, config.model, start, started)
-    entry = _manifest_entry(config, recipe, splits, result)
-    update_manifest(layout.root, "models", config.model, entry)
+    record_training(layout.root, config.model, _training_record(config, recipe, splits, result))
     record_job(layout.root, f"train {config.model}")
     if start.epoch < config.epochs:
         shutil.rmtree(checkpoint, ignore_errors=True)
@@ -441,22 +440,22 @@ def _write_model(layout: RunLayout, model: str, start: _Start, started: float) -
     )
 
 
-def _manifest_entry(
+def _training_record(
     config: TrainConfig, recipe: Recipe, splits: tuple[Split, Split], result: TrainResult
-) -> dict:
-    """What the manifest records of a training run, under ``models/<model>``."""
+) -> TrainingRecord:
+    """What the manifest records of a training run, under ``models.<model>``."""
     train_split, val_split = splits
-    return {
-        "config": asdict(config),
-        "recipe": asdict(recipe),
-        "train_images": len(train_split),
-        "validation_images": len(val_split),
-        "epochs_run": len(result.history),
-        "best_epoch": result.best_epoch,
-        "wall_seconds": round(result.wall_seconds, 2),
-        "keras_sha256": result.sha256,
-        "resumed_from_epoch": result.resumed_from_epoch,
-    }
+    return TrainingRecord(
+        keras_sha256=result.sha256,
+        config=asdict(config),
+        recipe=asdict(recipe),
+        train_images=len(train_split),
+        validation_images=len(val_split),
+        epochs_run=len(result.history),
+        best_epoch=result.best_epoch,
+        wall_seconds=round(result.wall_seconds, 2),
+        resumed_from_epoch=result.resumed_from_epoch,
+    )
 
 
 def train_summary(model: str, result: TrainResult) -> str:
