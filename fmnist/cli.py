@@ -13,13 +13,20 @@ from fmnist.io import FmnistError, default_run_dir
 
 
 class FmnistGroup(click.Group):
-    """A group that turns FmnistError into a one-line message and exit status 1."""
+    """A group that turns FmnistError and OS faults into one line and exit status 1."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except FmnistError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            # A full disk, a read-only mount, a directory of another user: the path and
+            # what is wrong with it are what the user needs, not the traceback.
+            from fmnist.faults import describe
+
+            click.echo(f"error: {describe(exc)}", err=True)
             sys.exit(1)
 
 

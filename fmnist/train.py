@@ -29,11 +29,11 @@ from fmnist.io import (
     RunLayout,
     atomic_path,
     sha256_file,
-    update_manifest,
     write_json_atomic,
     write_parquet_atomic,
 )
 from fmnist.jobenv import record_job
+from fmnist.manifest import TrainingRecord, record_training
 from fmnist.recipes import (
     RECIPES,
     Recipe,
@@ -331,8 +331,8 @@ def train_model(
         if recipe.restore_best and (checkpoint / "best.weights.h5").exists():
             start.model.load_weights(checkpoint / "best.weights.h5")
     result = _write_model(layout, config.model, recipe, start, started)
-    entry = _manifest_entry(config, recipe, splits, result, precision)
-    update_manifest(layout.root, "models", config.model, entry)
+    record = _training_record(config, recipe, splits, result, precision)
+    record_training(layout.root, config.model, record)
     record_job(layout.root, f"train {config.model}")
     if start.epoch < config.epochs:
         shutil.rmtree(checkpoint, ignore_errors=True)
@@ -484,35 +484,33 @@ def _write_model(
     )
 
 
-def _manifest_entry(
+def _training_record(
     config: TrainConfig,
     recipe: Recipe,
     splits: tuple[Split, Split],
     result: TrainResult,
     precision: str,
-) -> dict:
-    """What the manifest records of a training run, under ``models/<model>``."""
+) -> TrainingRecord:
+    """What the manifest records of a training run, under ``models.<model>``."""
     train_split, val_split = splits
     trained = result.history.iloc[result.resumed_from_epoch :]
     seconds = float(trained["seconds"].sum())
-    return {
-        "config": asdict(config),
-        "recipe": asdict(recipe),
-        "train_images": len(train_split),
-        "validation_images": len(val_split),
-        "epochs_run": len(result.history),
-        "best_epoch": result.best_epoch,
-        "wall_seconds": round(result.wall_seconds, 2),
+    return TrainingRecord(
+        keras_sha256=result.sha256,
+        config=asdict(config),
+        recipe=asdict(recipe),
+        train_images=len(train_split),
+        validation_images=len(val_split),
+        epochs_run=len(result.history),
+        best_epoch=result.best_epoch,
+        wall_seconds=round(result.wall_seconds, 2),
+        resumed_from_epoch=result.resumed_from_epoch,
         # Keras' dtype policy the epochs ran under: mixed_bfloat16 only where the CPU runs
         # bf16 natively (recipe precision "bf16-native"), float32 elsewhere.
-        "training_precision": precision,
-        "native_bf16": has_native_bf16(),
-        "images_per_second": round(len(train_split) * len(trained) / seconds, 1)
-        if seconds
-        else None,
-        "keras_sha256": result.sha256,
-        "resumed_from_epoch": result.resumed_from_epoch,
-    }
+        training_precision=precision,
+        native_bf16=has_native_bf16(),
+        images_per_second=round(len(train_split) * len(trained) / seconds, 1) if seconds else None,
+    )
 
 
 def train_summary(model: str, result: TrainResult) -> str:

@@ -48,13 +48,13 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) 
         if config.yardstick:
             rows += yardstick_rows(config, group_rows, progress)
     frame = timings_frame(rows, job_columns(config, job_id))
-    path = layout.timings_dir / f"{job_id}.parquet"
+    path = layout.timings(job_id)
     write_timings(path, frame)
     if not BenchmarkResult(frame, path).failed:
         # The pipeline's completion marker: this model was benchmarked on this node type.
         node_type = frame["node_type"].iloc[0]
         write_json_atomic(
-            layout.timings_dir / f"{config.model}__{node_type}.complete",
+            layout.benchmark_marker(config.model, node_type),
             {"job_id": job_id, "file": path.name, "rows": len(frame)},
         )
     record_job(layout.root, f"benchmark {config.model}")
