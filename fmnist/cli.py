@@ -244,6 +244,7 @@ def train_command(model, out, epochs, batch_size, limit, seed, patience, recipe,
       fmnist-batch train --model main --recipe fast --out outputs/fast
     """
     from fmnist.train import TrainConfig, train_model, train_summary
+    from fmnist.train_stop import CONTINUE_EXIT, TrainingStopped
 
     config = TrainConfig(
         model=model,
@@ -256,7 +257,12 @@ def train_command(model, out, epochs, batch_size, limit, seed, patience, recipe,
         augment=augment,
         data_dir=data_dir,
     )
-    result = train_model(config, out or default_run_dir(), progress=_progress)
+    try:
+        result = train_model(config, out or default_run_dir(), progress=_progress)
+    except TrainingStopped as stopped:
+        # A job's walltime: the next attempt (or the same command again) goes on from here.
+        click.echo(f"train {model}: {stopped}", err=True)
+        sys.exit(CONTINUE_EXIT)
     click.echo(train_summary(model, result))
 
 

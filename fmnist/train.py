@@ -43,6 +43,15 @@ from fmnist.recipes import (
     warmup_steps,
 )
 from fmnist.system import has_native_bf16
+from fmnist.train_stop import (
+    PARTIAL_MODEL,
+    Position,
+    StopRequest,
+    TrainingStopped,
+    clear_position,
+    remaining_batches,
+    stop_callback,
+)
 from fmnist.training_data import training_dataset, validation_dataset
 
 __all__ = ["RECIPES", "Recipe", "TrainConfig", "learning_rate", "train_model"]
@@ -145,12 +154,17 @@ def _compile(model, recipe: Recipe, steps_per_epoch: int, epochs: int) -> None:
 
 
 def training_data(
-    images: np.ndarray, labels: np.ndarray, config: TrainConfig, start_epoch: int = 0
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig,
+    start_epoch: int = 0,
+    ordered: bool = False,
 ):
     """The tf.data batches a run of ``config`` trains on, from uint8 images and labels.
 
     The order and augmentations are drawn from the per-resume-point stream of the global
-    seed (``resume_seed``), so a resumed run does not replay epoch 1.
+    seed (``resume_seed``), so a resumed run does not replay epoch 1; ``ordered``: in the
+    order given (the rest of a stopped epoch).
     """
     recipe = config.resolved_recipe()
     augment = config.uses_augmentation()
@@ -162,6 +176,7 @@ def training_data(
         flip=augment,
         shift=recipe.shift if augment else 0.0,
         seed=resume_seed(config.seed, start_epoch),
+        shuffle=not ordered,
     )
 
 
@@ -234,6 +249,8 @@ class _EpochRecorder:
                 self.started = time.perf_counter()
 
             def on_epoch_end(self, epoch, logs=None):
+                if self.model.stop_training:
+                    return  # stopped mid-epoch on request: the epoch is not finished
                 logs = logs if logs is not None else {}
                 if due_for_validation(self.recipe, epoch + 1, self.epochs):
                     scores = self.model.evaluate(self.validation, verbose=0, return_dict=True)
@@ -297,6 +314,12 @@ def _checkpoint_state(checkpoint: Path, config: TrainConfig) -> dict | None:
     state_path = checkpoint / "state.json"
     if not state_path.exists() or not (checkpoint / "last.keras").exists():
         return None
+    _same_config(checkpoint, config)
+    return json.loads(state_path.read_text())
+
+
+def _same_config(checkpoint: Path, config: TrainConfig) -> None:
+    """Refuse to resume a checkpoint of another configuration (the epochs may differ)."""
     saved_config = json.loads((checkpoint / "config.json").read_text())
     # Only the epoch budget may change on resume: extend a run, or stop it early and
     # keep what it learned by resuming with --epochs set to the epochs already done.
@@ -307,7 +330,6 @@ def _checkpoint_state(checkpoint: Path, config: TrainConfig) -> dict | None:
             f"{checkpoint}: an interrupted run with a different configuration is here; "
             "use another --out or delete the checkpoint directory"
         )
-    return json.loads(state_path.read_text())
 
 
 def train_model(
@@ -323,11 +345,12 @@ def train_model(
     checkpoint.mkdir(parents=True, exist_ok=True)
     splits = _splits(config)
     steps_per_epoch = math.ceil(len(splits[0]) / config.batch_size)
-    with _dtype_policy(precision):
+    # SIGTERM (a job's walltime) saves where the training is and stops it: TrainingStopped.
+    with _dtype_policy(precision), StopRequest() as stop:
         start = _start(config, recipe, checkpoint, progress, steps_per_epoch)
         started = time.perf_counter()
         if start.epoch < config.epochs:
-            _fit(start, config, recipe, splits, checkpoint, progress)
+            _fit(start, config, recipe, splits, checkpoint, progress, stop)
         if recipe.restore_best and (checkpoint / "best.weights.h5").exists():
             start.model.load_weights(checkpoint / "best.weights.h5")
     result = _write_model(layout, config.model, recipe, start, started)
@@ -373,6 +396,7 @@ class _Start:
     epoch: int  # epochs finished before this call
     rows: list[dict]  # their history rows; the epoch recorder appends to this list
     best: dict  # the best validation epoch so far ("acc", "epoch"), for restore_best
+    partial: Position | None = None  # where a run stopped mid-epoch, to go on from
 
 
 def _start(
@@ -390,12 +414,24 @@ def _start(
 
     state = _checkpoint_state(checkpoint, config)
     epoch = state["epoch"] if state else 0
+    # A position inside the epoch after the last finished one: go on from there.
+    partial = (
+        Position.load(checkpoint) if (state or (checkpoint / "config.json").exists()) else None
+    )
+    partial = partial if partial is not None and partial.epoch == epoch else None
     # Seeded before the model is loaded or built: its initial weights draw from it.
     keras.utils.set_random_seed(resume_seed(config.seed, epoch))
-    model = keras.models.load_model(checkpoint / "last.keras") if state else None
     write_json_atomic(checkpoint / "config.json", asdict(config))
+    if partial is not None:
+        model = keras.models.load_model(checkpoint / PARTIAL_MODEL)
+        progress(
+            f"resuming {config.model} in epoch {epoch + 1}/{config.epochs} "
+            f"after {partial.batches} batches"
+        )
+        return _Start(model, epoch, list(partial.rows), dict(partial.best), partial)
     if state is None:
         return _Start(_new_model(config, recipe, steps_per_epoch), 0, [], {})
+    model = keras.models.load_model(checkpoint / "last.keras")
     progress(f"resuming {config.model} after epoch {epoch}/{config.epochs}")
     return _Start(model, epoch, list(state["rows"]), dict(state.get("best") or {}))
 
@@ -415,15 +451,34 @@ def _fit(
     splits: tuple[Split, Split],
     checkpoint: Path,
     progress: Callable[[str], None],
+    stop: StopRequest,
 ) -> None:
-    """Train from ``start.epoch`` to ``config.epochs``, checkpointing after every epoch."""
+    """Train from ``start.epoch`` to ``config.epochs``, checkpointing after every epoch.
+
+    A run stopped mid-epoch first trains the batches of that epoch it had not reached,
+    in the order it drew them (:mod:`fmnist.train_stop`). A stop request saves the
+    position and raises :class:`TrainingStopped`.
+    """
     import keras
 
     train_split, val_split = splits
     validation = validation_dataset(
         val_split.images, val_split.labels, one_hot=bool(recipe.label_smoothing)
     )
-    callbacks = [_EpochRecorder(checkpoint, start, recipe, config.epochs, validation, progress)]
+    partial = start.partial
+    stream = [partial.stream_epoch if partial else start.epoch]  # the order's seed epoch
+
+    def save(epoch: int, batches: int) -> None:
+        save_atomic(checkpoint / PARTIAL_MODEL, start.model.save)  # with the optimizer
+        Position(epoch, batches, stream[0], start.rows, start.best).save(checkpoint)
+
+    def first_batch(epoch: int) -> int:
+        return partial.batches if partial is not None and epoch == partial.epoch else 0
+
+    callbacks = [
+        _EpochRecorder(checkpoint, start, recipe, config.epochs, validation, progress),
+        stop_callback(stop, first_batch, save),
+    ]
     if recipe.schedule == "step":
         callbacks.append(
             keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(recipe, epoch))
@@ -432,14 +487,43 @@ def _fit(
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience)
         )
-    start.model.fit(
-        training_data(train_split.images, train_split.labels, config, start.epoch),
-        epochs=config.epochs,
-        initial_epoch=start.epoch,
-        callbacks=callbacks,
-        shuffle=False,  # the dataset shuffles itself
-        verbose=0,
-    )
+    epoch = start.epoch
+    if partial is not None:
+        batches = remaining_batches(
+            len(train_split),
+            config.batch_size,
+            resume_seed(config.seed, partial.stream_epoch),
+            partial.epoch - partial.stream_epoch,
+            partial.batches,
+        )
+        # Fresh dropout masks: not those of the stopped run's first batches.
+        keras.utils.set_random_seed(resume_seed(config.seed, partial.epoch) + partial.batches)
+        order = np.concatenate(batches)
+        rest = training_data(
+            train_split.images[order], train_split.labels[order], config, ordered=True
+        )
+        start.model.fit(
+            rest, epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks, shuffle=False,
+            verbose=0,
+        )  # fmt: skip
+        if stop.requested:
+            raise TrainingStopped(f"stopped in epoch {epoch + 1}, its position saved")
+        clear_position(checkpoint)
+        epoch += 1
+        partial = None
+        stream[0] = epoch
+        keras.utils.set_random_seed(resume_seed(config.seed, epoch))
+    if epoch < config.epochs:
+        start.model.fit(
+            training_data(train_split.images, train_split.labels, config, epoch),
+            epochs=config.epochs,
+            initial_epoch=epoch,
+            callbacks=callbacks,
+            shuffle=False,  # the dataset shuffles itself
+            verbose=0,
+        )
+    if stop.requested:
+        raise TrainingStopped("stopped on request, its position saved")
 
 
 def inference_copy(model, name: str, recipe: Recipe):

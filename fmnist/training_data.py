@@ -23,18 +23,21 @@ def training_dataset(
     flip: bool,
     shift: float,
     seed: int,
+    shuffle: bool = True,
 ):
     """Shuffled, scaled, optionally augmented batches of ``(images, targets)``.
 
     ``images``: uint8 (N, 28, 28); ``flip``: random horizontal flips; ``shift``: random
     translations up to this fraction of the image (0: none). The order and the
-    augmentations are drawn from ``seed`` and differ every epoch.
+    augmentations are drawn from ``seed`` and differ every epoch; ``shuffle=False`` keeps
+    the order given (the rest of an epoch a stopped run had begun).
     """
     import tensorflow as tf
 
     augment = _augmenter(flip, shift, seed)
     dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
-    dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    if shuffle:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
 
     def prepare(x, y):

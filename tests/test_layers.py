@@ -31,6 +31,7 @@ LAYERS = {
     "plots": 1,
     "probabilities": 1,
     "recipes": 1,
+    "train_stop": 1,
     "training_data": 1,
     "io": 0,
     "faults": 0,
@@ -45,7 +46,15 @@ LAYERS = {
 # stages of one layer (train, scoring, bench, ...) never import each other.
 WITHIN_LAYER_ORDER = {
     0: ("__init__", "io", "faults", "manifest", "system", "resources", "nodetypes", "jobenv"),
-    1: ("probabilities", "data", "architectures", "plots", "training_data", "recipes"),
+    1: (
+        "probabilities",
+        "data",
+        "architectures",
+        "plots",
+        "training_data",
+        "recipes",
+        "train_stop",
+    ),
 }
 
 

@@ -29,6 +29,7 @@ import signal
 from dataclasses import dataclass
 
 from fmnist.io import FmnistError
+from fmnist.train_stop import CONTINUE_EXIT
 
 DONE, CODE_ERROR, WALLTIME, MEMORY, NODE_OR_SIGNAL, CANCELLED = (
     "done",
@@ -42,8 +43,7 @@ CAUSES = (DONE, CODE_ERROR, WALLTIME, MEMORY, NODE_OR_SIGNAL, CANCELLED)
 RETRIED_CAUSES = (WALLTIME, MEMORY, NODE_OR_SIGNAL)
 
 # The exit status of a task that saved its state when asked to stop (SIGTERM at the
-# walltime warning) and can continue from it: EX_TEMPFAIL, "try again later".
-CONTINUE_EXIT = 75
+# walltime warning) and can continue from it (fmnist.train_stop owns it).
 
 # The PBS families' negative exit statuses (JOB_EXEC_* in their job.h): the job was
 # ended by the server or the MOM, not by its own code. The rest mean a node, a MOM or
