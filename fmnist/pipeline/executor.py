@@ -13,17 +13,19 @@ import contextlib
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fmnist.io import FmnistError, default_run_dir
 from fmnist.jobenv import parse_job_environment
 from fmnist.pipeline.attempts import AttemptEnd, RetryPolicy, classify_exit, retry_policy
 from fmnist.pipeline.spec import Task, array_size, expand, load_pipeline, scalar_overrides
+from fmnist.pipeline.trace import TraceRow, append_rows, trace_row, utc
 
 
 @dataclass
@@ -86,6 +88,7 @@ class ProcessRun:
     cpu_s: float  # user + system CPU of the process and its children
     peak_rss_mb: float
     end: AttemptEnd
+    element: int | None = None  # the array element it ran, if any
 
 
 def run_measured(
@@ -173,7 +176,7 @@ def run_task(
             element_env["FMNIST_ARRAY_INDEX"] = str(index)
         log = None if log_dir is None else log_path(log_dir, task.id, index)
         element_runs = _run_element(task, element_env, log, policy)
-        runs += element_runs
+        runs += [replace(run, element=index) for run in element_runs]
         returncode = element_runs[-1].returncode
         if returncode != 0:
             break
@@ -187,12 +190,14 @@ def run_job_tasks(
     environ: Mapping[str, str],
     force: bool = False,
     progress: Callable[[str], None] = print,
+    ended: Callable[[Task, TaskOutcome], None] = lambda task, outcome: None,
 ) -> list[str]:
     """Run a scheduler job's tasks in turn (``fmnist-batch step``), output inherited.
 
     A task whose outputs are complete is skipped unless ``force``; the first failure
     stops with an error naming the task and its exit status, or the signal that ended
-    it. Returns the tasks that ran.
+    it. ``ended`` hears of every task that ran (its trace rows). Returns the tasks that
+    ran.
     """
     index_in_job = parse_job_environment(environ).array_index
     ran = []
@@ -205,6 +210,7 @@ def run_job_tasks(
             continue
         progress(f"[start]   {label}: fmnist-batch {shlex.join(task.args)}")
         outcome = run_task(task, environ, indices)
+        ended(task, outcome)
         if outcome.status != "done":
             raise FmnistError(f"{label} failed with {exit_description(outcome.returncode)}")
         progress(f"[done]    {label}")
@@ -234,6 +240,7 @@ def run_local(
 
     log_dir = Path(run) / "logs"
     env = {**os.environ, "FMNIST_EXECUTOR": "local"}
+    host = socket.gethostname()
     outcomes: dict[str, TaskOutcome] = {}
     pending = list(tasks)
     while pending:
@@ -249,18 +256,69 @@ def run_local(
                 progress(f"[skip]    {task.id} (outputs complete)")
             else:
                 to_run.append(task)
+        queued = time.time()
         # Unordered results: each task is reported as it finishes.
         results = Parallel(
             n_jobs=max(1, jobs), backend="threading", return_as="generator_unordered"
         )(delayed(_run_logged)(task, log_dir, env, progress) for task in to_run)
         for outcome in results:
             outcomes[outcome.task_id] = outcome
+            task = next(t for t in to_run if t.id == outcome.task_id)
+            append_rows(run, local_trace_rows(task, outcome, host, queued))
             tail = "" if outcome.status == "done" else f", see {outcome.log}"
             progress(
                 f"[{outcome.status}]".ljust(10) + f"{outcome.task_id} "
                 f"({outcome.seconds:.1f}s{tail})"
             )
     return [outcomes[t.id] for t in tasks if t.id in outcomes]
+
+
+def trace_rows(
+    task_id: str,
+    runs: list[ProcessRun],
+    job_id: Callable[[int | None], str],
+    node_type: str,
+    host: str,
+    submitted: float | None,
+    first_attempt: int = 1,
+) -> list[TraceRow]:
+    """The trace rows of a task's processes: one per attempt of each element (pure).
+
+    ``job_id(element)`` names the job of an element; attempts count per element from
+    ``first_attempt``; ``submitted`` (epoch seconds) is when the task was handed over.
+    """
+    rows, attempts = [], {}
+    for run in runs:
+        attempts[run.element] = attempts.get(run.element, first_attempt - 1) + 1
+        label = task_id if run.element is None else f"{task_id}[{run.element}]"
+        rows.append(
+            trace_row(
+                task_id=label,
+                job_id=job_id(run.element),
+                attempt=attempts[run.element],
+                node_type=node_type,
+                host=host,
+                submitted=None if submitted is None else utc(submitted),
+                started=run.started,
+                ended=run.ended,
+                cpu_s=run.cpu_s,
+                peak_rss_mb=run.peak_rss_mb,
+                exit_status=run.returncode,
+                signal=run.end.signal,
+                cause=run.end.cause,
+            )
+        )
+    return rows
+
+
+def local_trace_rows(task: Task, outcome: TaskOutcome, host: str, queued: float) -> list[TraceRow]:
+    """``run``'s trace rows of one task: job ids as the local executor names them."""
+
+    def job_id(element: int | None) -> str:
+        return "local-" + task.id.replace(":", "-") + ("" if element is None else f"-{element}")
+
+    node_type = str(task.values.get("node_type", "local"))
+    return trace_rows(task.id, outcome.runs, job_id, node_type, host, queued)
 
 
 def _hold_back(

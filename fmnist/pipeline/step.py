@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fmnist.io import DEFAULT_PROFILE, FmnistError, default_run_dir
 from fmnist.jobenv import JobEnvironment, job_recorded, parse_job_environment, record_job
 from fmnist.nodetypes import FLAVORS, load_node_types
 from fmnist.pipeline.attempts import AttemptEnd, parse_walltime_overrides
-from fmnist.pipeline.executor import run_job_tasks
+from fmnist.pipeline.executor import TaskOutcome, run_job_tasks, trace_rows
 from fmnist.pipeline.handover import hand_over, note_end, run_attempt, submit_one
 from fmnist.pipeline.scheduler import submit_command
 from fmnist.pipeline.spec import (
@@ -32,6 +32,7 @@ from fmnist.pipeline.spec import (
     scalar_overrides,
 )
 from fmnist.pipeline.submit import JOBS_FILE, SubmitSettings, now, plan_jobs
+from fmnist.pipeline.trace import append_rows, parse_time
 from fmnist.resources import pipeline_spec
 
 
@@ -105,7 +106,22 @@ def run_step(
     if job.scheduler in FLAVORS and len(tasks) == 1 and array_size(tasks[0]) is None:
         ran = _run_in_job(tasks[0], run, environ, job, force, progress)
     else:
-        ran = run_job_tasks(tasks, environ, force=force, progress=progress)
+        submitted = parse_time(environ.get("FMNIST_SUBMITTED"))
+
+        def trace(task: Task, outcome: TaskOutcome) -> None:
+            if job.scheduler in FLAVORS:  # run's own tasks write theirs themselves
+                rows = trace_rows(
+                    task.id,
+                    outcome.runs,
+                    lambda element: job.job_id,
+                    job.node_type,
+                    job.host,
+                    submitted.timestamp() if submitted else None,
+                    int(environ.get("FMNIST_ATTEMPT") or 1),
+                )
+                append_rows(run, rows)
+
+        ran = run_job_tasks(tasks, environ, force=force, progress=progress, ended=trace)
     # Every scheduler job records itself in the run's manifest; most commands do it
     # themselves, this covers those that do not (data to-csv).
     if ran and job.scheduler in FLAVORS and not job_recorded(run):
@@ -153,6 +169,18 @@ def _run_in_job(
         return job_id
 
     result = run_attempt(task, run, environ, submit_next, progress)
+    submitted = parse_time(environ.get("FMNIST_SUBMITTED"))
+    measured = replace(result.run, end=result.end)  # the cause as the job judged it
+    rows = trace_rows(
+        task.id,
+        [measured],
+        lambda element: job.job_id,
+        job.node_type,
+        job.host,
+        submitted.timestamp() if submitted else None,
+        result.attempt,
+    )
+    append_rows(run, rows)
     if result.next_job:
         return [task.id]
     note_end(record, task.id, job.job_id, {**_ended(job, result.end), "note": result.note})

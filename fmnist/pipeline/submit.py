@@ -174,6 +174,8 @@ def job_environment(
         "FMNIST_UMASK": f"{current_umask():03o}",
         "FMNIST_WALLTIME": walltime,
         "FMNIST_ATTEMPT": str(attempt),
+        # When it was handed to the scheduler: its trace row's queue wait counts from it.
+        "FMNIST_SUBMITTED": now(),
     }
     for key, value in task.values.items():
         env[env_name(key)] = str(value)
