@@ -36,6 +36,7 @@ LAYERS = {
     "io": 0,
     "faults": 0,
     "manifest": 0,
+    "trace": 0,
     "system": 0,
     "jobenv": 0,
     "nodetypes": 0,
@@ -45,7 +46,17 @@ LAYERS = {
 # Within the two lowest layers, modules import one another in this order only; the
 # stages of one layer (train, scoring, bench, ...) never import each other.
 WITHIN_LAYER_ORDER = {
-    0: ("__init__", "io", "faults", "manifest", "system", "resources", "nodetypes", "jobenv"),
+    0: (
+        "__init__",
+        "io",
+        "faults",
+        "manifest",
+        "trace",
+        "system",
+        "resources",
+        "nodetypes",
+        "jobenv",
+    ),
     1: (
         "probabilities",
         "data",

@@ -19,6 +19,7 @@ import pytest
 from test_scheduler_real import one_cpu_catalog, submitted, wait_for_run  # noqa: F401
 
 from fmnist.pipeline.submit import read_record
+from fmnist.trace import read_trace
 
 FMNIST = [sys.executable, "-m", "fmnist"]
 
@@ -92,6 +93,19 @@ def test_training_outlives_its_walltime_and_its_dependents_wait_for_the_task(
     assert train_job["job_id"] in record["jobs"]["report"]["after"]
     shown = status_text(cluster, run)
     assert "1 walltime, 2 " in shown, shown
+    # The trace: a row per attempt, written by each job, in the order they ran.
+    trace = read_trace(run)
+    training = trace[trace["task_id"] == "train:backup1"]
+    assert training["attempt"].tolist() == list(range(1, len(history) + 2))
+    assert training["cause"].tolist() == ["walltime"] * len(history) + ["done"]
+    assert training["job_id"].tolist() == [h["job_id"] for h in reversed(history)] + [
+        train_job["job_id"]
+    ]
+    assert (training["queue_wait_s"] >= 0).all() and (training["run_s"] > 0).all()
+    assert (training["cpu_s"] > 0).all() and (training["peak_rss_mb"] > 100).all()
+    assert set(trace["host"]) <= set(cluster.hosts) | {os.uname().nodename}, trace["host"]
+    # Every attempt but the last ran into its walltime, not past it.
+    assert (training["run_s"].iloc[:-1] < 45).all(), training["run_s"].tolist()
     print(f"\n{cluster.flavor}: {len(history) + 1} training jobs")
 
 
@@ -139,3 +153,10 @@ def test_a_task_killed_from_outside_is_retried_and_a_code_error_is_not(
     shown = status_text(cluster, run)
     assert "1 node-or-signal, 2 done" in shown and "1 code-error" in shown, shown
     assert "not worth another attempt" in shown, shown
+    trace = read_trace(run)
+    rows = trace[["task_id", "attempt", "signal", "cause"]].values.tolist()
+    assert rows == [
+        ["train:backup1", 1, "SIGKILL", "node-or-signal"],
+        ["train:backup1", 2, "", "done"],
+        ["report", 1, "", "code-error"],
+    ], trace

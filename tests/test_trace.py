@@ -13,7 +13,7 @@ from fmnist.pipeline import executor
 from fmnist.pipeline.attempts import AttemptEnd
 from fmnist.pipeline.executor import ProcessRun, run_local, trace_rows
 from fmnist.pipeline.spec import Task
-from fmnist.pipeline.trace import COLUMNS, append_rows, read_trace, trace_row
+from fmnist.trace import COLUMNS, append_rows, read_trace, trace_row
 
 
 def test_a_row_derives_queue_wait_and_run_time():

@@ -25,7 +25,7 @@ from fmnist.io import FmnistError, default_run_dir
 from fmnist.jobenv import parse_job_environment
 from fmnist.pipeline.attempts import AttemptEnd, RetryPolicy, classify_exit, retry_policy
 from fmnist.pipeline.spec import Task, array_size, expand, load_pipeline, scalar_overrides
-from fmnist.pipeline.trace import TraceRow, append_rows, trace_row, utc
+from fmnist.trace import TraceRow, append_rows, trace_row, utc
 
 
 @dataclass

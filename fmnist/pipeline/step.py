@@ -32,8 +32,8 @@ from fmnist.pipeline.spec import (
     scalar_overrides,
 )
 from fmnist.pipeline.submit import JOBS_FILE, SubmitSettings, now, plan_jobs
-from fmnist.pipeline.trace import append_rows, parse_time
 from fmnist.resources import pipeline_spec
+from fmnist.trace import append_rows, parse_time
 
 
 @dataclass(frozen=True)

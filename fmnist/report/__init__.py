@@ -19,6 +19,7 @@ from fmnist.report.figures import FIGURE_KINDS, draw_figures
 from fmnist.report.render import Table, gap_footnotes, to_html, to_markdown
 from fmnist.report.runs import read_runs
 from fmnist.report.tables import ReportTables, build_tables
+from fmnist.report.timeline import draw_timeline
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def build_report(
         f"on {len(tables.contexts)} node type(s)"
     )
     figures = draw_figures(tables, out)
+    figures += [f for run in tables.runs if (f := draw_timeline(run, out)) is not None]
     _remove_stale_figures(out / "figures", {out / f.path for f in figures})
     progress(f"drew {len(figures)} figures")
     blocks = build_document(tables, figures)

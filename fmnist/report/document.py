@@ -16,6 +16,7 @@ from fmnist.report.figures import Figure
 from fmnist.report.render import Block, Cell, Heading, Image, Paragraph, Table
 from fmnist.report.seed_reference import SEED_RESULTS, SOURCE
 from fmnist.report.tables import BASELINE, ONEDNN_ON, SEED_COLUMN, ReportTables
+from fmnist.report.timeline import timeline_blocks
 
 TITLE = "fmnist-batch comparison report"
 
@@ -484,4 +485,5 @@ def build_document(tables: ReportTables, figures: list[Figure]) -> list[Block]:
     blocks += chart_blocks(tables, figures)
     blocks += environment_blocks(tables)
     blocks += scoring_blocks(tables)
+    blocks += timeline_blocks(tables.runs, figures)
     return blocks

@@ -23,14 +23,14 @@ from fmnist.report.tables import BASELINE, Context, ReportTables
 
 HISTORY_NEEDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 # File names of the report's figures start with their kind: "curves__run__main.png".
-FIGURE_KINDS = ("curves__", "confusion__", "latency__", "throughput__")
+FIGURE_KINDS = ("curves__", "confusion__", "latency__", "throughput__", "timeline__")
 
 
 @dataclass(frozen=True)
 class Figure:
     """A figure file of the report and what it shows."""
 
-    kind: str  # curves | confusion | latency | throughput
+    kind: str  # curves | confusion | latency | throughput | timeline
     path: Path  # relative to the report directory
     caption: str
     model: str | None = None

@@ -23,6 +23,7 @@ from fmnist.bench.timings import conform as conform_timings
 from fmnist.io import FmnistError, RunLayout
 from fmnist.manifest import Manifest, read_manifest
 from fmnist.scoring.shards import ShardMarker, parse_shard_file, part_name
+from fmnist.trace import read_trace
 
 # What the report shows of each shard's success marker, and the marker field it comes from.
 MARKER_COLUMNS = {
@@ -49,6 +50,8 @@ class RunData:
     confusions: dict[tuple[str, str], pd.DataFrame]
     timings: pd.DataFrame  # the timings schema's columns (fmnist.bench.timings) plus 'file'
     scoring: pd.DataFrame  # one row per prediction part: input, model, part, marker fields
+    # One row per job attempt (fmnist.trace): when and where each ran, and how it ended.
+    trace: pd.DataFrame = field(default_factory=pd.DataFrame)
     problems: list[str] = field(default_factory=list)  # files present but unreadable
     # Lookups the report repeats for many cells, memoised by their arguments.
     cache: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -105,6 +108,11 @@ def read_run(root: Path | str, label: str | None = None) -> RunData:
     metrics, confusions = _read_metrics(layout, problems)
     timings = _read_timings(layout, problems)
     scoring = _read_scoring(layout, problems)
+    try:
+        trace = read_trace(root)
+    except FmnistError as exc:
+        problems.append(str(exc))
+        trace = pd.DataFrame()
     models = sorted(
         set(manifest.models)
         | {p.name for p in (root / "models").glob("*") if p.is_dir()}
@@ -123,6 +131,7 @@ def read_run(root: Path | str, label: str | None = None) -> RunData:
         confusions=confusions,
         timings=timings,
         scoring=scoring,
+        trace=trace,
         problems=problems,
     )
 
