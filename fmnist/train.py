@@ -343,10 +343,11 @@ def train_model(
     layout = RunLayout(Path(run))
     checkpoint = _checkpoint_dir(layout, config.model)
     checkpoint.mkdir(parents=True, exist_ok=True)
-    splits = _splits(config)
-    steps_per_epoch = math.ceil(len(splits[0]) / config.batch_size)
     # SIGTERM (a job's walltime) saves where the training is and stops it: TrainingStopped.
-    with _dtype_policy(precision), StopRequest() as stop:
+    # Caught from here on, so one that comes while the data loads stops after a batch.
+    with StopRequest() as stop, _dtype_policy(precision):
+        splits = _splits(config)
+        steps_per_epoch = math.ceil(len(splits[0]) / config.batch_size)
         start = _start(config, recipe, checkpoint, progress, steps_per_epoch)
         started = time.perf_counter()
         if start.epoch < config.epochs:

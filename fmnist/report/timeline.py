@@ -74,7 +74,7 @@ def draw_timeline(run: RunData, out: Path) -> Figure | None:
 
     start, end = seconds(rows["started"]), seconds(rows["ended"])
     queued = seconds(rows["submitted"].fillna(rows["started"]))
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.32 * len(rows)))
+    fig, ax = plt.subplots(figsize=(10, 1.8 + 0.32 * len(rows)))
     for i, row in rows.iterrows():
         ax.barh(i, start[i] - queued[i], left=queued[i], color=QUEUE_COLOR, height=0.7)
         color = CAUSE_COLORS.get(row["cause"], "#333333")
@@ -92,7 +92,7 @@ def draw_timeline(run: RunData, out: Path) -> Figure | None:
     for cause in dict.fromkeys(rows["cause"]):
         handles.append(plt.Rectangle((0, 0), 1, 1, color=CAUSE_COLORS.get(cause, "#333333")))
         labels.append(f"run: {cause}")
-    ax.legend(handles, labels, fontsize=7, loc="lower right")
+    ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=6)
     ax.set_xlabel("seconds since the first submission")
     ax.set_title(f"Job attempts of {run.label}")
     fig.tight_layout()
