@@ -53,6 +53,7 @@ from fmnist.pipeline.scheduler import (
     parse_qstat_full,
     parse_sacct,
     parse_scontrol_jobs,
+    pick,
     submit_command,
 )
 from fmnist.pipeline.spec import expand, load_pipeline
@@ -890,3 +891,12 @@ def test_run_and_job_scripts_leave_the_same_layout(tmp_path):
         ["bash", "pbs/score_array.sh"], env=env, cwd=PROJECT, capture_output=True, text=True
     )
     assert rerun.returncode == 0 and "[skip]    score (outputs complete)" in rerun.stderr
+
+
+def test_pick_finds_jobs_by_id_or_number():
+    states = {"12.srv": JobState(RUNNING), "13[].srv": JobState(QUEUED), "14": JobState(FAILED)}
+    assert pick(states, ["12.srv", "13[].srv", "14.srv", "15.srv"]) == {
+        "12.srv": JobState(RUNNING),
+        "13[].srv": JobState(QUEUED),
+        "14.srv": JobState(FAILED),  # the wrapper's qstat prints ids without the server
+    }

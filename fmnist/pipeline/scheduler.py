@@ -483,33 +483,39 @@ def query_states(flavor: str, job_ids: list[str]) -> dict[str, JobState]:
     # Slurm's qstat wrapper (plain numeric ids) has no -t.
     command = ["qstat", "-x", "-f"] if flavor == "pbspro" else ["qstat", "-f"]
 
-    def ask(ids: list[str]) -> tuple[dict[str, JobState], bool]:
+    def ask(ids: list[str], wanted: list[str]) -> tuple[dict[str, JobState], bool]:
         nonlocal command
-        flags = ["-t"] if any("[]" in job_id for job_id in ids) else []
+        flags = ["-t"] if any("[]" in job_id for job_id in wanted) else []
         result = run_command([*command, *flags, *ids], False)
         if "-x" in command and "not configured to maintain job history" in result.stderr:
             # PBS Pro with job history off refuses -x altogether: ask without it, for the
             # jobs still queued or running; finished ones are forgotten.
             command = ["qstat", "-f"]
             result = run_command([*command, *flags, *ids], False)
-        states = parse_qstat_full(result.stdout, flavor)
-        # The wrapper's and some servers' qstat print the id without the server suffix.
-        by_number = {job_id.split(".")[0]: state for job_id, state in states.items()}
-        found = {}
-        for job_id in ids:
-            state = states.get(job_id) or by_number.get(job_id.split(".")[0])
-            if state:
-                found[job_id] = state
-        return found, result.returncode == 0
+        return pick(parse_qstat_full(result.stdout, flavor), wanted), result.returncode == 0
 
-    found, answered = ask(job_ids)
-    if not answered and len(job_ids) > 1:
+    found, answered = ask(job_ids, job_ids)
+    missing = [job_id for job_id in job_ids if job_id not in found]
+    if not answered and missing:
         # Some ids are unknown (purged). Torque's qstat then stops answering for the
         # rest of a long list (it prints "Unable to communicate" with a garbled server
-        # name): ask for each missing job alone.
-        for job_id in job_ids:
-            if job_id not in found:
-                found.update(ask([job_id])[0])
+        # name): ask once more, for every job the server knows, and pick ours. Still
+        # one question per look, however many jobs the run has.
+        found.update(ask([], missing)[0])
+    return found
+
+
+def pick(states: dict[str, JobState], job_ids: list[str]) -> dict[str, JobState]:
+    """The states of ``job_ids`` among a qstat answer's (pure).
+
+    The wrapper's and some servers' qstat print the id without the server suffix.
+    """
+    by_number = {job_id.split(".")[0]: state for job_id, state in states.items()}
+    found = {}
+    for job_id in job_ids:
+        state = states.get(job_id) or by_number.get(job_id.split(".")[0])
+        if state:
+            found[job_id] = state
     return found
 
 
