@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from fmnist.io import FmnistError, default_run_dir
+from fmnist.io import FmnistError, default_run_dir, enclosing_run
 
 
 class FmnistGroup(click.Group):
@@ -28,6 +28,17 @@ class FmnistGroup(click.Group):
 
             click.echo(f"error: {describe(exc)}", err=True)
             sys.exit(1)
+
+
+def _record_job(run, command: str) -> None:
+    """Record in the run's manifest that this process's job ran ``command`` there.
+
+    The one place a command's job is recorded (``fmnist-batch step`` records the jobs of
+    commands that do not write into a run): at the edge, once the command succeeded.
+    """
+    from fmnist.jobenv import record_job
+
+    record_job(run, command)
 
 
 def _progress(message: str) -> None:
@@ -263,6 +274,7 @@ def train_command(model, out, epochs, batch_size, limit, seed, patience, recipe,
         # A job's walltime: the next attempt (or the same command again) goes on from here.
         click.echo(f"train {model}: {stopped}", err=True)
         sys.exit(CONTINUE_EXIT)
+    _record_job(out or default_run_dir(), f"train {model}")
     click.echo(train_summary(model, result))
 
 
@@ -303,7 +315,9 @@ def evaluate_command(run, model, variant, limit, skip_unsupported, data_dir):
         data_dir=data_dir,
         skip_unsupported=skip_unsupported,
     )
-    click.echo(run_evaluation(request), nl=False)
+    text = run_evaluation(request)
+    _record_job(request.run, f"evaluate {model} {variant}")
+    click.echo(text, nl=False)
 
 
 # --------------------------------------------------------------------------- optimize / benchmark
@@ -369,6 +383,7 @@ def optimize_command(
         data_dir=data_dir,
     )
     result = optimize_model(run or default_run_dir(), config, progress=_progress)
+    _record_job(run or default_run_dir(), f"optimize {model}" + (" --int8" if int8 else ""))
     click.echo(f"{model}: f32 IR {result.f32_xml} (max |IR - Keras| {result.f32_max_abs_diff:.1e})")
     if result.int8_xml:
         info, check = result.int8, result.int8["check"]
@@ -457,6 +472,7 @@ def benchmark_command(
         data_dir=data_dir,
     )
     result = run_benchmark(config, progress=_progress)
+    _record_job(config.run, f"benchmark {model}")
     click.echo(summary_table(result.frame))
     click.echo(f"timings: {result.path}")
     if result.failed:
@@ -755,6 +771,7 @@ def score_command(
     except RejectLimitExceeded as exc:
         _echo_shard_results(exc.results)  # the finished shards, then the error
         raise
+    _record_job(config.run, f"score {Path(input_csv).name} {model}")
     _echo_shard_results(results)
 
 
@@ -803,6 +820,9 @@ def verify_command(directory, input_csv, merge):
     click.echo(f"ok: {result.summary()} ({result.input})")
     if merge:
         rows = merge_parts(result, merge)
+        run = enclosing_run(merge)
+        if run is not None:  # the merged file is an output of this job in that run
+            _record_job(run, f"verify {result.directory} --merge {merge}")
         click.echo(f"merged {rows} predictions into {merge}")
 
 
@@ -832,6 +852,9 @@ def report_command(runs, out):
     from fmnist.report import build_report
 
     files = build_report(list(runs), out, progress=_progress)
+    if len(runs) == 1 and files.html.resolve().is_relative_to(Path(runs[0]).resolve()):
+        # A report written elsewhere only read the run, and leaves it as it was.
+        _record_job(runs[0], "report")
     click.echo(
         f"report: {files.html} ({files.markdown.name}, {files.csv.name}, "
         f"{len(files.figures)} figures, {files.gaps} gap reason(s))"

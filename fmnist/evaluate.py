@@ -23,7 +23,6 @@ from fmnist.engines.int8_check import GAINED_COLUMN, LOST_COLUMN, MEAN_ABS_DP_CO
 from fmnist.engines.keras import prepare_process, required_env, run_with_setting
 from fmnist.engines.openvino import VariantUnsupported
 from fmnist.io import FmnistError, RunLayout, write_parquet_atomic
-from fmnist.jobenv import record_job
 from fmnist.manifest import EvaluationRecord, record_evaluation
 from fmnist.plots import plot_confusion_matrix
 from fmnist.probabilities import (
@@ -333,9 +332,7 @@ def run_evaluation(request: EvaluateRequest) -> str:
         if not request.skip_unsupported:
             raise
         record_skipped_evaluation(request.run, request.model, request.variant, str(exc))
-        record_job(request.run, f"evaluate {request.model} {request.variant} (skipped)")
         return f"skipped {request.model} ({request.variant}): {exc}\n"
-    record_job(request.run, f"evaluate {request.model} {request.variant}")
     return (
         f"{request.model} ({request.variant}, executed {evaluation.executed_precision}) "
         f"on {evaluation.images} test images\n" + classification_report(evaluation) + "\n"

@@ -195,9 +195,10 @@ def job_recorded(run: Path | str) -> bool:
 def record_job(run: Path | str, command: str, task_id: str | None = None) -> bool:
     """Record in the run's manifest which job ran ``command`` there, where and when.
 
-    Every job that writes into a run calls this once at its end (train, optimize,
-    evaluate, benchmark, score, verify --merge, report into the run; ``fmnist-batch
-    step`` for a command that does not, such as ``data to-csv``): ``manifest["jobs"]``
+    Called at the edge, once a command that writes into a run succeeded: by the CLI's
+    commands (train, optimize, evaluate, benchmark, score, verify --merge, report into the
+    run) and by ``fmnist-batch step`` for a command that does not (``data to-csv``), never
+    by the stages themselves: ``manifest["jobs"]``
     then says which scheduler job (or local task) produced what, on which node type and
     host, and ``manifest["machine"]`` describes each host with its libraries and code
     revision. ``task_id`` names the pipeline task where the environment does not.

@@ -32,7 +32,6 @@ from fmnist.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from fmnist.jobenv import record_job
 from fmnist.manifest import TrainingRecord, record_training
 from fmnist.recipes import (
     RECIPES,
@@ -357,7 +356,6 @@ def train_model(
     result = _write_model(layout, config.model, recipe, start, started)
     record = _training_record(config, recipe, splits, result, precision)
     record_training(layout.root, config.model, record)
-    record_job(layout.root, f"train {config.model}")
     if start.epoch < config.epochs:
         shutil.rmtree(checkpoint, ignore_errors=True)
     # Else this call only wrote out a run stopped early (--epochs <= epochs done): the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -129,3 +130,36 @@ def test_jobenv_command_prints_and_saves(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "probe__local.1.json").read_text())
     assert printed == saved
     assert saved["scheduler"] == "local" and saved["array_index"] == 1
+
+
+def test_a_job_is_recorded_at_the_edge_only():
+    """The CLI's commands and `step` record a job; no stage imports the recorder."""
+    package = Path(__file__).resolve().parent.parent / "fmnist"
+    callers = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "record_job(" in path.read_text() and path.name != "jobenv.py"
+    )
+    assert callers == ["cli.py", "pipeline/step.py"]
+
+
+@pytest.mark.slow
+def test_a_command_records_its_job_once(tmp_path, dataset_dir, monkeypatch):
+    from fmnist.manifest import read_manifest
+    from fmnist.train import TrainConfig, train_model
+
+    monkeypatch.setenv("FMNIST_EXECUTOR", "local")
+    monkeypatch.setenv("FMNIST_TASK_ID", "train:backup1")
+    args = ["train", "--model", "backup1", "--epochs", "1", "--limit", "300"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    [entry] = read_manifest(tmp_path / "cli").jobs.values()
+    assert (entry.command, entry.task_id, entry.scheduler) == (
+        "train backup1",
+        "train:backup1",
+        "local",
+    )
+    # The stage alone (a library call) leaves the job to its caller.
+    config = TrainConfig("backup1", epochs=1, limit=300, data_dir=str(dataset_dir))
+    train_model(config, tmp_path / "library", progress=lambda m: None)
+    assert read_manifest(tmp_path / "library").jobs == {}

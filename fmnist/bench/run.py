@@ -18,7 +18,6 @@ from fmnist.bench.timings import current_job_id, job_columns, timings_frame, wri
 from fmnist.bench.workers import process_groups, run_worker
 from fmnist.bench.yardstick import yardstick_rows
 from fmnist.io import FmnistError, RunLayout, write_json_atomic
-from fmnist.jobenv import record_job
 
 
 @dataclass
@@ -57,5 +56,4 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) 
             layout.benchmark_marker(config.model, node_type),
             {"job_id": job_id, "file": path.name, "rows": len(frame)},
         )
-    record_job(layout.root, f"benchmark {config.model}")
     return BenchmarkResult(frame, path)

@@ -37,7 +37,6 @@ from fmnist.engines.keras import load_keras_model
 from fmnist.engines.openvino import COMPUTE_LAYERS, core, mark_needs_int8_dot_product
 from fmnist.engines.rewrite import dense_heads_as_convolutions
 from fmnist.io import FmnistError, RunLayout, sha256_file
-from fmnist.jobenv import record_job
 from fmnist.manifest import IrRecord, record_ir
 from fmnist.system import has_int8_dot_product
 
@@ -523,5 +522,4 @@ def optimize_model(
     result.seconds = time.perf_counter() - started
     record["seconds"] = round(result.seconds, 2)
     record_ir(layout.root, config.model, IrRecord.from_dict(record))
-    record_job(layout.root, f"optimize {config.model}" + (" --int8" if config.int8 else ""))
     return result

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fmnist.io import FmnistError, RunLayout, atomic_path, write_text_atomic
-from fmnist.jobenv import record_job
 from fmnist.report.document import TITLE, build_document
 from fmnist.report.figures import FIGURE_KINDS, draw_figures
 from fmnist.report.render import Table, gap_footnotes, to_html, to_markdown
@@ -49,10 +48,6 @@ def _remove_stale_figures(directory: Path, keep: set[Path]) -> None:
             path.unlink()
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return path.resolve().is_relative_to(root.resolve())
-
-
 def build_report(
     runs: list[Path | str],
     out: Path | str | None = None,
@@ -85,9 +80,6 @@ def build_report(
     write_text_atomic(html_path, to_html(blocks, out, TITLE))
     gaps = sum(len(gap_footnotes(b)[1]) for b in blocks if isinstance(b, Table))
     progress(f"wrote {html_path}")
-    if len(runs) == 1 and _inside(out, Path(runs[0])):
-        # A report written elsewhere only read the run, and leaves it as it was.
-        record_job(runs[0], "report")
     return ReportFiles(
         markdown=markdown_path,
         html=html_path,

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from fmnist.engines import available_variants, create_engine, variant_artifact
 from fmnist.engines.int8_check import Int8Check
 from fmnist.io import FmnistError, RunLayout, atomic_path, sha256_file, sha256_files
-from fmnist.jobenv import record_job, require_array_index
+from fmnist.jobenv import require_array_index
 from fmnist.scoring.csv_input import BLOCK_BYTES, GZIP_BLOCK_ROWS
 from fmnist.scoring.inputs import ScoringInput, input_fingerprint, open_input
 from fmnist.scoring.overlap import scored_blocks
@@ -500,7 +500,6 @@ def score_shards(
     limit = RejectLimit.parse(config.max_rejects)
     open_input(config.input)  # one-line errors for a bad input before any work
     results = _score_indices(config, indices, workers, progress)
-    record_job(config.run, f"score {config.input.name} {config.model}")
     over = [result for result in results if result.status == "over-limit"]
     if over:
         kept = len(results) - len(over)

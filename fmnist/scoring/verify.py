@@ -18,8 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fmnist.io import FmnistError, atomic_path, enclosing_run, sha256_file
-from fmnist.jobenv import record_job
+from fmnist.io import FmnistError, atomic_path, sha256_file
 from fmnist.scoring.inputs import ScoringInput, input_fingerprint, open_input
 from fmnist.scoring.rows import ExpectedShard
 from fmnist.scoring.shards import (
@@ -246,7 +245,4 @@ def merge_parts(result: VerifyResult, out: Path | str, row_group_rows: int = 262
             for batch in cursors[index].take_below(limit):
                 writer.add(pa.Table.from_batches([batch]).replace_schema_metadata(metadata))
         writer.close()
-    run = enclosing_run(out)
-    if run is not None:  # the merged file is an output of this job in that run
-        record_job(run, f"verify {result.directory} --merge {out}")
     return writer.rows
