@@ -68,12 +68,12 @@ def test_training_outlives_its_walltime_and_its_dependents_wait_for_the_task(
 ):
     jobs, runs = submitted
     train = (
-        "train --model {model} --recipe quick --epochs 6 --limit 36000 --batch-size 128 --out {run}"
+        "train --model {model} --recipe quick --epochs 10 --limit 36000 --batch-size 128 --out {run}"
     )
     spec = tiny_spec(tmp_path, train, "data to-csv --split test --limit 1 --out {run}/after.csv")
-    run = submit(cluster, tmp_path, spec, "--walltime", "train:backup1=00:01:30")
+    run = submit(cluster, tmp_path, spec, "--walltime", "train:backup1=00:02:00")
     runs.append(run)
-    states = wait_for_run(run, timeout=900)
+    states = wait_for_run(run, timeout=1500)
     record = read_record(run)
     train_job = record["jobs"]["train:backup1"]
     logs = "".join(p.read_text() for p in (run / "logs").glob("*.log"))
@@ -86,7 +86,7 @@ def test_training_outlives_its_walltime_and_its_dependents_wait_for_the_task(
     import pyarrow.parquet as pq
 
     epochs = pq.read_table(run / "models" / "backup1" / "history.parquet")["epoch"].to_pylist()
-    assert epochs == [1, 2, 3, 4, 5, 6]
+    assert epochs == list(range(1, 11))
     # The report waited for the task, not for its first job.
     model = run / "models" / "backup1" / "model.keras"
     assert (run / "after.csv").stat().st_mtime >= model.stat().st_mtime
@@ -105,7 +105,7 @@ def test_training_outlives_its_walltime_and_its_dependents_wait_for_the_task(
     assert (training["cpu_s"] > 0).all() and (training["peak_rss_mb"] > 100).all()
     assert set(trace["host"]) <= set(cluster.hosts) | {os.uname().nodename}, trace["host"]
     # Every attempt but the last ran into its walltime, not past it.
-    assert (training["run_s"].iloc[:-1] < 90).all(), training["run_s"].tolist()
+    assert (training["run_s"].iloc[:-1] < 120).all(), training["run_s"].tolist()
     print(f"\n{cluster.flavor}: {len(history) + 1} training jobs")
 
 

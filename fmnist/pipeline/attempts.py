@@ -209,10 +209,10 @@ def format_walltime(seconds: float) -> str:
 def walltime_warning(seconds: int) -> int:
     """How long before its walltime a job is told to save and hand over (seconds).
 
-    A fifth of the walltime, at least 20 s (a tiny test walltime) and at most 5 minutes:
+    A fifth of the walltime, at least 30 s (a tiny test walltime) and at most 5 minutes:
     time to finish the batch at hand, save, and submit the next attempt on a busy node.
     """
-    return min(300, max(20, seconds // 5))
+    return min(300, max(30, seconds // 5))
 
 
 def parse_walltime_overrides(values: list[str] | tuple[str, ...]) -> dict[str, str]:
