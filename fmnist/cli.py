@@ -36,7 +36,7 @@ def _record_job(run, command: str) -> None:
     The one place a command's job is recorded (``fmnist-batch step`` records the jobs of
     commands that do not write into a run): at the edge, once the command succeeded.
     """
-    from fmnist.jobenv import record_job
+    from fmnist.pipeline.jobenv import record_job
 
     record_job(run, command)
 
@@ -456,7 +456,9 @@ def benchmark_command(
     from fmnist.bench.config import BenchConfig, parse_batch_sizes, parse_variants
     from fmnist.bench.run import run_benchmark
     from fmnist.bench.summary import summary_table
+    from fmnist.pipeline.jobenv import current, file_job_id
 
+    job = current()  # the job this benchmark runs in names its rows and its file
     config = BenchConfig(
         run=str(run or default_run_dir()),
         model=model,
@@ -466,7 +468,8 @@ def benchmark_command(
         warmup=warmup,
         max_seconds=max_seconds,
         min_iterations=min_iterations,
-        node_type=node_type,
+        node_type=node_type or job.node_type,
+        job_id=file_job_id(job),
         yardstick=yardstick,
         yardstick_seconds=yardstick_seconds,
         data_dir=data_dir,
@@ -655,7 +658,7 @@ def jobenv_command(as_json, save):
     Example:
       fmnist-batch jobenv --json
     """
-    from fmnist.jobenv import current, save_job_environment
+    from fmnist.pipeline.jobenv import current, save_job_environment
 
     env = current()
     if save:
@@ -737,6 +740,7 @@ def score_command(
       fmnist-batch score big.csv --run RUN --model backup1 --shard auto/8
       fmnist-batch score big.parquet --run RUN --model backup1 --shard all/4 --workers 2
     """
+    from fmnist.pipeline.jobenv import require_array_index
     from fmnist.scoring.score import (
         RejectLimitExceeded,
         ScoreConfig,
@@ -749,7 +753,9 @@ def score_command(
     if workers < 1 or batch_size < 1 or block_mb < 1:
         raise FmnistError("--workers, --batch-size and --block-mb must be at least 1")
     run = run or default_run_dir()
-    indices, count = parse_shard_option(shard, workers)
+    indices, count = parse_shard_option(
+        shard, workers, array_index=lambda: require_array_index(os.environ)
+    )
     if variant is None:
         variant, why = default_variant(run, model)
         _progress(f"variant {variant} ({why})")

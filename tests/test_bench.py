@@ -18,7 +18,7 @@ from conftest import run_with_model
 from fmnist.bench.config import BenchConfig, parse_batch_sizes, parse_variants
 from fmnist.bench.latency import latency_stats, time_calls
 from fmnist.bench.summary import summary_table
-from fmnist.bench.timings import COLUMNS, current_job_id, timings_frame, write_timings
+from fmnist.bench.timings import COLUMNS, local_job_id, timings_frame, write_timings
 from fmnist.bench.workers import process_groups
 from fmnist.bench.yardstick import parse_benchmark_app
 from fmnist.cli import main
@@ -26,7 +26,7 @@ from fmnist.engines.int8_check import Int8Bounds
 from fmnist.engines.openvino import cpu_capabilities
 from fmnist.engines.optimize import OptimizeConfig, optimize_model
 from fmnist.io import FmnistError, RunLayout
-from fmnist.jobenv import parse_job_environment
+from fmnist.pipeline.jobenv import file_job_id, parse_job_environment
 
 BENCHMARK_APP_REPORT = """
 [Step 11/11] Dumping statistics report
@@ -108,11 +108,12 @@ def test_variants_are_grouped_by_process_environment():
 
 def test_job_id_from_the_scheduler_or_a_unique_local_id():
     slurm = parse_job_environment({"SLURM_JOB_ID": "4242"}, host="n1", pid=7)
-    assert current_job_id(slurm) == "4242"
+    assert file_job_id(slurm) == "4242"
     torque = parse_job_environment({"PBS_JOBID": "77[3].head"}, host="n1", pid=7)
-    assert current_job_id(torque) == "77-3-.head"
-    local = current_job_id(parse_job_environment({}, host="n1", pid=7))
+    assert file_job_id(torque) == "77-3-.head"
+    local = file_job_id(parse_job_environment({}, host="n1", pid=7))
     assert local.startswith("local-n1-7-") and len(local) > len("local-n1-7-")
+    assert local_job_id("n1", 7).startswith("local-n1-7-")  # a benchmark no job named
 
 
 def _rows():

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from fmnist.cli import main
 from fmnist.io import FmnistError
-from fmnist.jobenv import parse_job_environment, scheduler_of
+from fmnist.pipeline.jobenv import parse_job_environment, scheduler_of
 
 # Variables as each scheduler sets them (Torque and PBS Pro from their manuals, Slurm as
 # observed in a job on the one-node test cluster).

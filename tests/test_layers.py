@@ -38,8 +38,6 @@ LAYERS = {
     "manifest": 0,
     "trace": 0,
     "system": 0,
-    "jobenv": 0,
-    "nodetypes": 0,
     "resources": 0,
     "__init__": 0,
 }
@@ -54,8 +52,6 @@ WITHIN_LAYER_ORDER = {
         "trace",
         "system",
         "resources",
-        "nodetypes",
-        "jobenv",
     ),
     1: (
         "probabilities",

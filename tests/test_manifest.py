@@ -10,7 +10,6 @@ import sys
 import pytest
 
 from fmnist.io import FmnistError, RunLayout, sha256_file
-from fmnist.jobenv import record_job
 from fmnist.manifest import (
     EvaluationRecord,
     IrRecord,
@@ -27,6 +26,7 @@ from fmnist.manifest import (
     record_job_entry,
     record_training,
 )
+from fmnist.pipeline.jobenv import record_job
 from fmnist.pipeline.spec import expand, load_pipeline
 
 
@@ -127,7 +127,7 @@ def test_record_job_cannot_fail_a_finished_job(tmp_path, mounts):
     record_training(tmp_path, "m", TrainingRecord(keras_sha256="a" * 64))
     view = mounts.read_only(tmp_path, tmp_path.parent / f"{tmp_path.name}-ro")
     code = (
-        "import sys; from fmnist.jobenv import record_job; "
+        "import sys; from fmnist.pipeline.jobenv import record_job; "
         "sys.exit(0 if record_job(sys.argv[1], 'score x') is False else 3)"
     )
     result = subprocess.run(

@@ -20,20 +20,20 @@ from click.testing import CliRunner
 
 from fmnist.cli import main
 from fmnist.io import FmnistError, current_umask
-from fmnist.nodetypes import (
-    FLAVORS,
-    NodeType,
-    check_names,
-    load_node_types,
-    request_args,
-    split_names,
-)
 from fmnist.pipeline.nodes import (
     Node,
     node_offers,
     parse_pbsnodes_json,
     parse_pbsnodes_text,
     parse_sinfo_nodes,
+)
+from fmnist.pipeline.nodetypes import (
+    FLAVORS,
+    NodeType,
+    check_names,
+    load_node_types,
+    request_args,
+    split_names,
 )
 from fmnist.pipeline.scheduler import (
     BLOCKED,

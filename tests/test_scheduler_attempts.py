@@ -67,9 +67,8 @@ def test_training_outlives_its_walltime_and_its_dependents_wait_for_the_task(
     submitted,  # noqa: F811
 ):
     jobs, runs = submitted
-    train = (
-        "train --model {model} --recipe quick --epochs 10 --limit 36000 --batch-size 128 --out {run}"
-    )
+    train = "train --model {model} --recipe quick --epochs 10 --limit 36000 --batch-size 128"
+    train += " --out {run}"
     spec = tiny_spec(tmp_path, train, "data to-csv --split test --limit 1 --out {run}/after.csv")
     run = submit(cluster, tmp_path, spec, "--walltime", "train:backup1=00:02:00")
     runs.append(run)

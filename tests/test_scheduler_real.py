@@ -31,8 +31,8 @@ import pytest
 from conftest import Cluster, missing
 
 from fmnist.manifest import manifest_dict
-from fmnist.nodetypes import load_node_types
 from fmnist.pipeline.nodes import list_nodes, node_offers
+from fmnist.pipeline.nodetypes import load_node_types
 from fmnist.pipeline.scheduler import ACTIVE, COMPLETED, STUCK, JobState, cancel_jobs, query_states
 from fmnist.pipeline.status import run_status
 from fmnist.pipeline.submit import read_record

@@ -23,7 +23,7 @@ from conftest import check_predictions, read_parts, read_rejects, score_args
 from fmnist.cli import main
 from fmnist.data import CSV_HEADER
 from fmnist.io import FmnistError, RunLayout, write_parquet_atomic
-from fmnist.jobenv import require_array_index
+from fmnist.pipeline.jobenv import require_array_index
 from fmnist.scoring.csv_input import byte_range, inspect_csv
 from fmnist.scoring.score import (
     RejectLimitExceeded,
@@ -401,18 +401,23 @@ def test_default_variant_prefers_int8_only_when_it_keeps_f32s_figures(tmp_path):
     assert variant == "openvino-f32" and "no mean confidence figures" in why
 
 
+def _index(environ: dict):
+    """The array index as the CLI hands it to scoring: read from the job environment."""
+    return lambda: require_array_index(environ)
+
+
 def test_shard_option_and_array_index():
     assert parse_shard_option(None, workers=3) == ([0, 1, 2], 3)
     assert parse_shard_option("2/5") == ([2], 5)
     assert parse_shard_option("all/4") == ([0, 1, 2, 3], 4)
     slurm = {"SLURM_JOB_ID": "8", "SLURM_ARRAY_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "3"}
-    assert parse_shard_option("auto/4", environ=slurm) == ([3], 4)
+    assert parse_shard_option("auto/4", array_index=_index(slurm)) == ([3], 4)
     torque = {"PBS_JOBID": "12[0].trqhost", "PBS_ARRAYID": "0"}
-    assert parse_shard_option("auto/4", environ=torque) == ([0], 4)
+    assert parse_shard_option("auto/4", array_index=_index(torque)) == ([0], 4)
     pbspro = {"PBS_JOBID": "13[2].pbshost", "PBS_ARRAY_INDEX": "2"}
-    assert parse_shard_option("auto/4", environ=pbspro) == ([2], 4)
+    assert parse_shard_option("auto/4", array_index=_index(pbspro)) == ([2], 4)
     one_based = {"PBS_JOBID": "13[4].pbshost", "PBS_ARRAY_INDEX": "4", "FMNIST_ARRAY_BASE": "1"}
-    assert parse_shard_option("auto/4", environ=one_based) == ([3], 4)
+    assert parse_shard_option("auto/4", array_index=_index(one_based)) == ([3], 4)
     assert require_array_index({"FMNIST_ARRAY_INDEX": "1"}) == 1
     for text, message in (
         ("4/4", "must be in 0-3"),
@@ -423,9 +428,11 @@ def test_shard_option_and_array_index():
         with pytest.raises(FmnistError, match=message):
             parse_shard_option(text)
     with pytest.raises(FmnistError, match="outside 0-3 .* FMNIST_ARRAY_BASE=1"):
-        parse_shard_option("auto/4", environ={**slurm, "SLURM_ARRAY_TASK_ID": "4"})
+        parse_shard_option("auto/4", array_index=_index({**slurm, "SLURM_ARRAY_TASK_ID": "4"}))
     with pytest.raises(FmnistError, match="needs an array index"):
-        parse_shard_option("auto/4", environ={})
+        parse_shard_option("auto/4", array_index=_index({}))
+    with pytest.raises(FmnistError, match="no array index to take the shard from"):
+        parse_shard_option("auto/4")
 
 
 def test_default_output_directory():

@@ -23,7 +23,8 @@ class BenchConfig:
     warmup: int = 50
     max_seconds: float = 10.0  # per measurement: slow variants stop early...
     min_iterations: int = 10  # ...but never below this
-    node_type: str | None = None
+    node_type: str | None = None  # the caller's job's (fmnist.pipeline.jobenv), else "local"
+    job_id: str | None = None  # the caller's job's, file-safe; else a unique local id
     yardstick: bool = False
     yardstick_seconds: float = 10.0
     data_dir: str | None = None

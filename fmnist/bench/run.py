@@ -7,6 +7,8 @@ timings file per job (:mod:`fmnist.bench.timings`).
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from fmnist.bench.config import BenchConfig
-from fmnist.bench.timings import current_job_id, job_columns, timings_frame, write_timings
+from fmnist.bench.timings import job_columns, local_job_id, timings_frame, write_timings
 from fmnist.bench.workers import process_groups, run_worker
 from fmnist.bench.yardstick import yardstick_rows
 from fmnist.io import FmnistError, RunLayout, write_json_atomic
@@ -39,7 +41,7 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) 
     layout = RunLayout(Path(config.run))
     if not layout.keras_model(config.model).exists():
         raise FmnistError(f"{layout.keras_model(config.model)}: model file not found")
-    job_id = current_job_id()
+    job_id = config.job_id or local_job_id(socket.gethostname(), os.getpid())
     rows: list[dict] = []
     for env, variants in process_groups(config.variants):
         group_rows = run_worker(config, variants, env, progress)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from fmnist import jobenv
 from fmnist.bench.config import BenchConfig
 from fmnist.bench.latency import LatencyStats
 from fmnist.io import file_lock, write_parquet_atomic
@@ -65,16 +64,10 @@ def failed_row(variant: str, status: str, reason: str) -> dict:
     }
 
 
-def current_job_id(job=None) -> str:
-    """The scheduler's job id (Slurm, PBS/Torque, the local executor's task), file-safe.
-
-    A process outside any scheduler gets local-<host>-<pid>-<UTC time>, unique per call.
-    """
-    job = job or jobenv.current()
-    if job.scheduler == "none":
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        return f"local-{job.safe_job_id}-{stamp}"
-    return job.safe_job_id
+def local_job_id(host: str, pid: int, now: datetime | None = None) -> str:
+    """The id of a benchmark no job named: local-<host>-<pid>-<UTC time>, unique per call."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
+    return f"local-{host}-{pid}-{stamp}"
 
 
 def job_columns(config: BenchConfig, job_id: str) -> dict:
@@ -84,7 +77,7 @@ def job_columns(config: BenchConfig, job_id: str) -> dict:
     return {
         "run": str(Path(config.run).resolve()),
         "job_id": job_id,
-        "node_type": config.node_type or jobenv.current().node_type,
+        "node_type": config.node_type or "local",
         "host": machine.host,
         "cpu_model": machine.cpu_model,
         "isa_flags": " ".join(machine.isa_flags),

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fmnist.io import FmnistError, default_run_dir
-from fmnist.jobenv import parse_job_environment
 from fmnist.pipeline.attempts import AttemptEnd, RetryPolicy, classify_exit, retry_policy
+from fmnist.pipeline.jobenv import parse_job_environment
 from fmnist.pipeline.spec import Task, array_size, expand, load_pipeline, scalar_overrides
 from fmnist.trace import TraceRow, append_rows, trace_row, utc
 

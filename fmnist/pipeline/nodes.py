@@ -18,7 +18,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
-from fmnist.nodetypes import NodeType
+from fmnist.pipeline.nodetypes import NodeType
 from fmnist.pipeline.scheduler import run_command
 
 

@@ -31,8 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fmnist.io import FmnistError
-from fmnist.nodetypes import FLAVORS
 from fmnist.pipeline.attempts import DONE, classify_pbs, classify_slurm
+from fmnist.pipeline.nodetypes import FLAVORS
 
 # Job states, normalised across flavors.
 QUEUED, WAITING, HELD, RUNNING = (

@@ -253,7 +253,7 @@ def array_size(task: Task) -> int | None:
     """Elements of an array task (``resources.array``), None for a plain task.
 
     On a scheduler an array task is one array job; each element finds its index in the
-    job environment (:mod:`fmnist.jobenv`). The local executor runs the elements in turn
+    job environment (:mod:`fmnist.pipeline.jobenv`). The local executor runs the elements in turn
     with ``FMNIST_ARRAY_INDEX`` set, so both leave the same files.
     """
     return _array_size(task.id, task.resources)

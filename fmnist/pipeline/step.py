@@ -16,11 +16,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fmnist.io import DEFAULT_PROFILE, FmnistError, default_run_dir
-from fmnist.jobenv import JobEnvironment, job_recorded, parse_job_environment, record_job
-from fmnist.nodetypes import FLAVORS, load_node_types
 from fmnist.pipeline.attempts import AttemptEnd, parse_walltime_overrides
 from fmnist.pipeline.executor import TaskOutcome, run_job_tasks, trace_rows
 from fmnist.pipeline.handover import hand_over, note_end, run_attempt, submit_one
+from fmnist.pipeline.jobenv import JobEnvironment, job_recorded, parse_job_environment, record_job
+from fmnist.pipeline.nodetypes import FLAVORS, load_node_types
 from fmnist.pipeline.scheduler import submit_command
 from fmnist.pipeline.spec import (
     Pipeline,

@@ -35,7 +35,6 @@ from fmnist.io import (
     default_run_dir,
     write_json_atomic,
 )
-from fmnist.nodetypes import NodeType, check_names, load_node_types, split_names
 from fmnist.pipeline.attempts import (
     attempt_resources,
     parse_walltime_overrides,
@@ -46,6 +45,7 @@ from fmnist.pipeline.attempts import (
 )
 from fmnist.pipeline.executor import log_path
 from fmnist.pipeline.nodes import list_nodes, node_offers
+from fmnist.pipeline.nodetypes import NodeType, check_names, load_node_types, split_names
 from fmnist.pipeline.scheduler import (
     ACTIVE,
     COMPLETED,

@@ -30,7 +30,6 @@ import pyarrow.parquet as pq
 from fmnist.engines import available_variants, create_engine, variant_artifact
 from fmnist.engines.int8_check import Int8Check
 from fmnist.io import FmnistError, RunLayout, atomic_path, sha256_file, sha256_files
-from fmnist.jobenv import require_array_index
 from fmnist.scoring.csv_input import BLOCK_BYTES, GZIP_BLOCK_ROWS
 from fmnist.scoring.inputs import ScoringInput, input_fingerprint, open_input
 from fmnist.scoring.overlap import scored_blocks
@@ -152,11 +151,14 @@ def default_variant(run: Path | str, model: str) -> tuple[str, str]:
     return "keras-predict", fallback + "; no OpenVINO f32 IR"
 
 
-def parse_shard_option(text: str | None, workers: int = 1, environ: dict | None = None):
+def parse_shard_option(
+    text: str | None, workers: int = 1, array_index: Callable[[], int] | None = None
+):
     """``--shard`` text to (shard indices to run here, shard count).
 
-    ``I/N`` one shard; ``auto/N`` the shard of this array job; ``all/N`` every shard;
-    none: every shard of ``workers`` shards.
+    ``I/N`` one shard; ``auto/N`` the shard of this array job, ``array_index()`` (the
+    caller reads it from its job environment); ``all/N`` every shard; none: every shard
+    of ``workers`` shards.
     """
     if text is None:
         return list(range(workers)), workers
@@ -170,7 +172,9 @@ def parse_shard_option(text: str | None, workers: int = 1, environ: dict | None 
     if which == "all":
         return list(range(count)), count
     if which == "auto":
-        index = require_array_index(os.environ if environ is None else environ)
+        if array_index is None:
+            raise FmnistError(f"--shard {text!r}: no array index to take the shard from")
+        index = array_index()
         if not 0 <= index < count:
             raise FmnistError(
                 f"array index {index} is outside 0-{count - 1} for --shard auto/{count} "

@@ -158,9 +158,20 @@ def parse_job_environment(
     )
 
 
+def file_job_id(job: JobEnvironment, now: datetime | None = None) -> str:
+    """The job's id as a file name (Slurm, PBS/Torque, the local executor's task).
+
+    A process outside any scheduler gets local-<host>-<pid>-<UTC time>, unique per call.
+    """
+    if job.scheduler == "none":
+        stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
+        return f"local-{job.safe_job_id}-{stamp}"
+    return job.safe_job_id
+
+
 def current() -> JobEnvironment:
     """The job environment of this process."""
-    from fmnist.nodetypes import load_node_types
+    from fmnist.pipeline.nodetypes import load_node_types
 
     try:
         labels = {t.label: name for name, t in load_node_types().items() if t.label}
