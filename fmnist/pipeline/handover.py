@@ -56,7 +56,7 @@ from fmnist.pipeline.scheduler import (
 from fmnist.pipeline.spec import Task
 
 # What a job's own bookkeeping writes in the run directory: not progress of its task.
-BOOKKEEPING = ("logs", "trace", "jobs.json", "manifest.json")
+BOOKKEEPING = ("logs", "trace.parquet", "jobs.json", "manifest.json")
 
 
 @dataclass(frozen=True)
