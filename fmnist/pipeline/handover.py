@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmnist.io import FmnistError, file_lock, sha256_file, write_json_atomic
+from fmnist.io import file_lock, sha256_file, write_json_atomic
 from fmnist.pipeline.attempts import (
     CANCELLED,
     DONE,
@@ -54,6 +54,7 @@ from fmnist.pipeline.scheduler import (
     run_command,
 )
 from fmnist.pipeline.spec import Task
+from fmnist.pipeline.submit import read_record
 
 # What a job's own bookkeeping writes in the run directory: not progress of its task.
 BOOKKEEPING = ("logs", "trace.parquet", "jobs.json", "manifest.json")
@@ -278,7 +279,7 @@ def hand_over(
     if not record_path.exists():
         return []  # a job submitted by hand (qsub pbs/train_main.sh): no record to keep
     with file_lock(record_path):
-        record = read_record_file(record_path)
+        record = read_record(record_path.parent) or {}
         jobs = record.get("jobs", {})
         if task_id not in jobs:
             return []
@@ -315,21 +316,11 @@ def note_end(record_path: Path, task_id: str, job_id: str, ended: dict) -> None:
     if not record_path.exists():
         return
     with file_lock(record_path):
-        record = read_record_file(record_path)
+        record = read_record(record_path.parent) or {}
         job = record.get("jobs", {}).get(task_id)
         if job is not None and job.get("job_id") == job_id:
             job["end"] = ended
             write_json_atomic(record_path, record)
-
-
-def read_record_file(path: Path) -> dict:
-    """``RUN/jobs.json`` as a dict; a broken one is a one-line error."""
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FmnistError(f"{path}: cannot read the job record ({exc})") from exc
 
 
 def submit_one(flavor: str, command: list[str], env: Mapping[str, str]) -> str:

@@ -33,6 +33,7 @@ from fmnist.io import (
     FmnistError,
     current_umask,
     default_run_dir,
+    file_lock,
     write_json_atomic,
 )
 from fmnist.pipeline.attempts import (
@@ -355,11 +356,14 @@ def submit_jobs(
             "walltime": submission.walltime,
             "history": history,
         }
-        # Written after every job: an interrupted submit still knows what it sent.
-        write_json_atomic(run / JOBS_FILE, record)
+        # Written after every job: an interrupted submit still knows what it sent. Under
+        # the lock the jobs take to hand a task over to its next attempt.
+        with file_lock(run / JOBS_FILE):
+            write_json_atomic(run / JOBS_FILE, record)
         waits = f" after {', '.join(d.job_id for d in after)}" if after else ""
         progress(f"[submitted] {task.id}: job {job_id}{waits}")
-    write_json_atomic(run / JOBS_FILE, record)
+    with file_lock(run / JOBS_FILE):
+        write_json_atomic(run / JOBS_FILE, record)
     return result
 
 
