@@ -14,6 +14,7 @@ from fmnist.engines import VARIANTS
 from fmnist.engines.openvino import cpu_capabilities
 from fmnist.io import RunLayout
 from fmnist.manifest import manifest_dict
+from fmnist.trace import read_trace
 
 MODELS = ("main", "backup1", "backup2")
 
@@ -56,6 +57,13 @@ def test_quick_profile_runs_every_step_and_a_rerun_skips_them(installed_wheel, t
     # Every job recorded itself: one per task, array elements each on their own.
     commands = {job["command"].split()[0] for job in manifest["jobs"].values()}
     assert {"train", "optimize", "evaluate", "benchmark", "score", "verify", "report"} <= commands
+    # The trace: a row per attempt of every task that ran (the report's own is written
+    # after the report), and the report's timeline of them.
+    trace = read_trace(run)
+    ran = {t.split("[")[0] for t in trace["task_id"]}
+    assert {"train:main", "optimize:backup1", "score:main", "score-verify:backup2"} <= ran
+    assert (trace["cause"] == "done").all() or trace["attempt"].max() > 1, trace
+    assert "## How the runs went" in markdown and "timeline__run.png" in markdown
 
     again = wheel_cli(installed_wheel, *command, cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
