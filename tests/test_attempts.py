@@ -122,3 +122,15 @@ def test_walltime_and_memory_units():
             walltime_seconds(bad)
     with pytest.raises(FmnistError, match="memory '2 apples'"):
         memory_mb("2 apples")
+
+
+def test_every_step_of_the_project_declares_a_valid_policy():
+    from fmnist.pipeline.spec import expand, load_pipeline
+    from fmnist.pipeline.submit import task_walltime
+
+    pipeline = load_pipeline()
+    for profile in pipeline.profiles:
+        for task in expand(pipeline, profile, "RUN", {"node_types": ["local"]}):
+            policy = retry_policy(task.id, task.resources)
+            assert policy.retries >= 1, task.id  # a native crash gets another attempt
+            walltime_seconds(task_walltime(task, {}, attempt=policy.retries + 1))
