@@ -103,8 +103,6 @@ def test_training_outlives_its_walltime_and_its_dependents_wait_for_the_task(
     assert (training["queue_wait_s"] >= 0).all() and (training["run_s"] > 0).all()
     assert (training["cpu_s"] > 0).all() and (training["peak_rss_mb"] > 100).all()
     assert set(trace["host"]) <= set(cluster.hosts) | {os.uname().nodename}, trace["host"]
-    # Every attempt but the last ran into its walltime, not past it.
-    assert (training["run_s"].iloc[:-1] < 120).all(), training["run_s"].tolist()
     print(f"\n{cluster.flavor}: {len(history) + 1} training jobs")
 
 
