@@ -505,9 +505,10 @@ def _fit(
             rest, epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks, shuffle=False,
             verbose=0,
         )  # fmt: skip
+        if len(start.rows) > epoch:  # the stopped epoch has ended, recorded
+            clear_position(checkpoint)
         if stop.requested:
             raise TrainingStopped(f"stopped in epoch {epoch + 1}, its position saved")
-        clear_position(checkpoint)
         epoch += 1
         partial = None
         stream[0] = epoch

@@ -97,8 +97,16 @@ def stop_callback(
             self.epoch = epoch
 
         def on_train_batch_end(self, batch, logs=None):
-            if request.requested and not self.model.stop_training:
-                save(self.epoch, first_batch(self.epoch) + batch + 1)
+            if not request.requested or self.model.stop_training:
+                return
+            if batch + 1 == self.params.get("steps"):
+                return  # the epoch's last batch: let it end, recorded (on_epoch_end)
+            save(self.epoch, first_batch(self.epoch) + batch + 1)
+            self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            # Stopped at an epoch's end: its checkpoint is the position.
+            if request.requested:
                 self.model.stop_training = True
 
     return StopOnRequest()

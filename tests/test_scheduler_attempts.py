@@ -48,7 +48,7 @@ def submit(cluster, tmp_path: Path, spec: Path, *extra: str) -> Path:
         "FMNIST_PIPELINE": str(spec),
         "FMNIST_NODE_TYPES": str(one_cpu_catalog(tmp_path, cluster.flavor)),
     }
-    command = [*FMNIST, "submit", "--out", str(run), *extra]
+    command = [*FMNIST, "submit", "--scheduler", cluster.flavor, "--out", str(run), *extra]
     result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return run

@@ -54,8 +54,8 @@ def test_remaining_batches_are_the_rest_of_the_stopped_epochs_order(epochs_befor
 
 
 class _StopAfter(StopRequest):
-    """A real SIGTERM to this process after ``n`` batches (the stop callback asks once a
-    batch); the handler StopRequest installed turns it into the request."""
+    """A real SIGTERM to this process at the ``n``-th look (the stop callback looks after
+    every batch and at every epoch's end); StopRequest's handler turns it into the request."""
 
     n = 0
 
@@ -79,7 +79,8 @@ def test_a_training_stopped_mid_epoch_goes_on_where_it_was(tmp_path, dataset_dir
     )
     whole = train_model(config, tmp_path / "whole", progress=lambda _: None).history
 
-    _StopAfter.n = 20  # 15 batches an epoch (1,500 images): 5 into the second epoch
+    # 15 batches an epoch (1,500 images), one more look at its end: 5 into the second.
+    _StopAfter.n = 21
     monkeypatch.setattr(train, "StopRequest", _StopAfter)
     with pytest.raises(train.TrainingStopped):
         train_model(config, tmp_path / "stopped", progress=lambda _: None)
@@ -98,6 +99,15 @@ def test_a_training_stopped_mid_epoch_goes_on_where_it_was(tmp_path, dataset_dir
     assert resumed["lr"].tolist() == pytest.approx(whole["lr"].tolist())
     assert resumed["loss"].iloc[0] == pytest.approx(whole["loss"].iloc[0])
     assert not (checkpoint / POSITION_FILE).exists()
+
+    # A stop at an epoch's last batch lets the epoch end: its checkpoint is the position.
+    _StopAfter.n = 15
+    monkeypatch.setattr(train, "StopRequest", _StopAfter)
+    with pytest.raises(train.TrainingStopped):
+        train_model(config, tmp_path / "at-the-end", progress=lambda _: None)
+    checkpoint = tmp_path / "at-the-end" / "models" / "backup1" / "checkpoint"
+    assert Position.load(checkpoint) is None
+    assert json.loads((checkpoint / "state.json").read_text())["epoch"] == 1
 
 
 def test_the_train_command_exits_continue_when_stopped(tmp_path, monkeypatch):

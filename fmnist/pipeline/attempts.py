@@ -209,10 +209,11 @@ def format_walltime(seconds: float) -> str:
 def walltime_warning(seconds: int) -> int:
     """How long before its walltime a job is told to save and hand over (seconds).
 
-    A fifth of the walltime, at least 30 s (a tiny test walltime) and at most 5 minutes:
-    time to finish the batch at hand, save, and submit the next attempt on a busy node.
+    A fifth of the walltime, at least a minute (a tiny test walltime; a starved node was
+    seen to take 40 s to save and hand over) and at most 5 minutes, and never more than
+    half the walltime.
     """
-    return min(300, max(30, seconds // 5))
+    return min(300, max(60, seconds // 5), max(1, seconds // 2))
 
 
 def parse_walltime_overrides(values: list[str] | tuple[str, ...]) -> dict[str, str]:
