@@ -254,8 +254,10 @@ def train_command(model, out, epochs, batch_size, limit, seed, patience, recipe,
       fmnist-batch train --model backup1 --epochs 2 --limit 5000 --out outputs/try
       fmnist-batch train --model main --recipe fast --out outputs/fast
     """
+    from fmnist.train_stop import CONTINUE_EXIT, TrainingStopped, catch_early
+
+    catch_early()  # before TensorFlow's import: a job's walltime may come that early
     from fmnist.train import TrainConfig, train_model, train_summary
-    from fmnist.train_stop import CONTINUE_EXIT, TrainingStopped
 
     config = TrainConfig(
         model=model,

@@ -65,6 +65,16 @@ def clear_position(checkpoint: Path) -> None:
     (Path(checkpoint) / PARTIAL_MODEL).unlink(missing_ok=True)
 
 
+_early: list[bool] = []  # a SIGTERM caught by catch_early() before a StopRequest ran
+
+
+def catch_early() -> None:
+    """Catch SIGTERM from the start of a command (its imports and data loading take a
+    while on a busy node): the StopRequest that follows sees it, so the training stops
+    after its first batch instead of dying with nothing saved."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: _early.append(True))
+
+
 class StopRequest:
     """SIGTERM as a flag while the ``with`` block runs (the old handler comes back after)."""
 
@@ -73,6 +83,7 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+        self.requested = bool(_early)
         return self
 
     def _on_signal(self, signum, frame) -> None:

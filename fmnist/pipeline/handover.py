@@ -178,7 +178,10 @@ class WalltimeGuard:
         self._stop(near)
 
     def _on_warning(self, signum, frame) -> None:
-        self._stop(True)
+        # Slurm may warn up to a minute early; a job that knows its walltime keeps to its
+        # own timer, which is exact.
+        if not self.walltime_s:
+            self._stop(True)
 
     def __enter__(self) -> WalltimeGuard:
         self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
