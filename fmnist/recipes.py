@@ -94,7 +94,7 @@ RECIPES: dict[str, Recipe | dict[str, Recipe]] = {
     "fast": {
         "main": _fast(epochs=10, learning_rate=2e-3),
         "backup1": _fast(epochs=12, learning_rate=3e-3),
-        "backup2": _fast(epochs=8, learning_rate=3e-3),
+        "backup2": _fast(epochs=12, learning_rate=3e-3),
     },
 }
 
