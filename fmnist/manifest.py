@@ -327,7 +327,12 @@ def record_job_entry(
 
 
 def _relative(layout: RunLayout, path: Path) -> str:
-    return Path(path).resolve().relative_to(layout.root.resolve()).as_posix()
+    """``path`` relative to the run, as the manifest names it (a ValueError outside it)."""
+    try:
+        # As given first: a run whose models/ is a symbolic link elsewhere still counts.
+        return Path(path).relative_to(layout.root).as_posix()
+    except ValueError:
+        return Path(path).resolve().relative_to(layout.root.resolve()).as_posix()
 
 
 def model_files(artifact: Path | str) -> list[Path]:
