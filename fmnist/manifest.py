@@ -59,6 +59,9 @@ class TrainingRecord:
     wall_seconds: float | None = None
     resumed_from_epoch: int | None = None
     params: int | None = None
+    training_precision: str | None = None  # Keras' dtype policy the epochs ran under
+    native_bf16: bool | None = None  # whether the CPU ran bf16 natively
+    images_per_second: float | None = None  # training images per second of the epochs run
 
     @classmethod
     def from_dict(cls, entry: Any) -> TrainingRecord:
