@@ -277,9 +277,14 @@ def test_a_wholly_bad_parquet_file_is_refused_in_about_a_second(tmp_path, images
     parsed = parse_batch(batch, 0, source)
     seconds = time.perf_counter() - started
     assert len(parsed.rejects) == 10_000 and len(parsed.row_ids) == 0
-    assert seconds < 5, f"{seconds:.1f}s for 10,000 bad rows (row by row took 39 s)"
-    # The same rejects the row-by-row reader makes, on a sample of each kind.
-    for row in (0, 1, 5, 7, 35, 9_999):
-        assert parsed.rejects[row] == _reject(batch, row, row, source)
+    # Against the row-by-row reader on the same machine at the same time (4 ms a row,
+    # 39 s for the file, when this machine is idle): at least ten times faster.
+    sample = (0, 1, 5, 7, 35, 9_999, *range(100, 124))
+    started = time.perf_counter()
+    one_by_one = [_reject(batch, row, row, source) for row in sample]
+    per_row = (time.perf_counter() - started) / len(sample)
+    assert seconds < per_row * 10_000 / 10, f"{seconds:.2f}s, row by row {per_row * 1e3:.1f} ms"
+    # The same rejects the row-by-row reader makes.
+    assert [parsed.rejects[row] for row in sample] == one_by_one
     kinds = {r.kind for r in parsed.rejects}
     assert kinds == {"over_255", "null", "label_out_of_range"}
