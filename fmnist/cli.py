@@ -12,13 +12,20 @@ from fmnist.io import FmnistError, default_run_dir
 
 
 class FmnistGroup(click.Group):
-    """A group that turns FmnistError into a one-line message and exit status 1."""
+    """A group that turns FmnistError and OS faults into one line and exit status 1."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except FmnistError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            # A full disk, a read-only mount, a directory of another user: the path and
+            # what is wrong with it are what the user needs, not the traceback.
+            from fmnist.faults import describe
+
+            click.echo(f"error: {describe(exc)}", err=True)
             sys.exit(1)
 
 
@@ -273,6 +280,8 @@ def evaluate_command(run, model, variant, limit, skip_unsupported, data_dir):
 
     The keras-onednn-* variants run where TF_ENABLE_ONEDNN_OPTS was set before
     TensorFlow's import: in this process when possible, else in a fresh one.
+    The model's files must have the SHA-256 the run's manifest recorded (else see
+    `fmnist-batch adopt`).
 
     \b
     Example:
@@ -336,6 +345,7 @@ def optimize_command(
     Writes RUN/models/<model>/openvino/f32/model.xml (+ .bin) and, with --int8,
     .../int8/model.xml, checked against f32 on validation images (accuracy, loss, mean
     confidence, mean |Δp|); SHA-256s and the check's figures go into the manifest.
+    model.keras must have the SHA-256 train recorded (else see `fmnist-batch adopt`).
 
     \b
     Example:
@@ -418,6 +428,8 @@ def benchmark_command(
 
     Each oneDNN setting runs in its own worker process; keras-predict is timed the
     seed's way (model.predict on one image). Prints a summary with speedups.
+    The model's files must have the SHA-256 the run's manifest recorded (else see
+    `fmnist-batch adopt`).
 
     \b
     Example:
@@ -689,6 +701,8 @@ def score_command(
 
     Each shard writes part-I-of-N.parquet, rejects-I-of-N.parquet and a success
     marker; running the same command again skips finished shards.
+    The model's files must have the SHA-256 the run's manifest recorded (else see
+    `fmnist-batch adopt`).
 
     \b
     Example:
@@ -744,6 +758,32 @@ def _echo_shard_results(results) -> None:
             f"rejected, {result.rows_per_second:.0f} rows/s, peak RSS "
             f"{result.peak_rss_bytes / 2**20:.0f} MiB -> {result.part}"
         )
+
+
+@main.command("adopt")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.argument("files", nargs=-1, required=True)
+@click.option("--reason", default="", help="Why the files are adopted; kept in the manifest.")
+def adopt_command(run, files, reason):
+    """Accept model files as they are now: record their SHA-256 in the run's manifest.
+
+    score, evaluate, benchmark and optimize refuse a model file whose SHA-256 is not
+    the one train or optimize recorded. Adopt a file you replaced on purpose (or
+    re-run train or optimize instead); the previous hash, the time and --reason stay
+    in the manifest under adopted.<file>. FILES are model.keras or an IR's model.xml
+    and model.bin, relative to RUN or absolute.
+
+    \b
+    Example:
+      fmnist-batch adopt outputs/quick models/backup1/model.keras --reason "retrained, seed 1"
+      fmnist-batch adopt outputs/quick models/main/openvino/int8/model.xml \\
+          models/main/openvino/int8/model.bin
+    """
+    from fmnist.manifest import SHA_PREFIX, adopt_model_files
+
+    for path, previous, found in adopt_model_files(run, files, reason):
+        was = f"was {previous[:SHA_PREFIX]}" if previous else "not recorded before"
+        click.echo(f"adopted {path}: sha256 {found[:SHA_PREFIX]} ({was})")
 
 
 @main.command("verify")

@@ -22,8 +22,9 @@ from fmnist.engines import check_variant, create_engine, predict_in_batches, var
 from fmnist.engines.int8_check import GAINED_COLUMN, LOST_COLUMN, MEAN_ABS_DP_COLUMN
 from fmnist.engines.keras import prepare_process, required_env, run_with_setting
 from fmnist.engines.openvino import VariantUnsupported
-from fmnist.io import FmnistError, RunLayout, update_manifest, write_parquet_atomic
+from fmnist.io import FmnistError, RunLayout, write_parquet_atomic
 from fmnist.jobenv import record_job
+from fmnist.manifest import EvaluationRecord, record_evaluation
 from fmnist.plots import plot_confusion_matrix
 from fmnist.probabilities import (
     correctness_flips,
@@ -224,20 +225,20 @@ def write_evaluation(evaluation: Evaluation, run: Path | str) -> dict[str, Path]
         f"{model} ({variant}): accuracy {evaluation.accuracy:.4f}",
         paths["heatmap"],
     )
-    update_manifest(
+    record_evaluation(
         layout.root,
-        "evaluations",
-        f"{model}__{variant}",
-        {
-            "accuracy": evaluation.accuracy,
-            "loss": evaluation.loss,
-            "mean_confidence": evaluation.mean_confidence,
-            MEAN_ABS_DP_COLUMN: _json_number(evaluation.mean_abs_dp_vs_f32),
-            LOST_COLUMN: _json_number(evaluation.lost_vs_f32),
-            GAINED_COLUMN: _json_number(evaluation.gained_vs_f32),
-            "images": evaluation.images,
-            "executed_precision": evaluation.executed_precision,
-        },
+        model,
+        variant,
+        EvaluationRecord(
+            accuracy=evaluation.accuracy,
+            loss=evaluation.loss,
+            mean_confidence=evaluation.mean_confidence,
+            mean_abs_dp_vs_f32=_json_number(evaluation.mean_abs_dp_vs_f32),
+            lost_vs_f32=_json_number(evaluation.lost_vs_f32),
+            gained_vs_f32=_json_number(evaluation.gained_vs_f32),
+            images=evaluation.images,
+            executed_precision=evaluation.executed_precision,
+        ),
     )
     return paths
 
@@ -248,7 +249,7 @@ def _json_number(value: float) -> float | None:
 
 def record_skipped_evaluation(run: Path | str, model: str, variant: str, reason: str) -> None:
     """Note in the manifest why a variant was not evaluated here, for the report's gap."""
-    update_manifest(Path(run), "evaluations", f"{model}__{variant}", {"skipped": reason})
+    record_evaluation(Path(run), model, variant, EvaluationRecord(skipped=reason))
 
 
 def evaluate_model(
@@ -347,6 +348,11 @@ def _main(argv: list[str]) -> int:
         sys.stdout.write(run_evaluation(EvaluateRequest(**json.loads(argv[0]))))
     except FmnistError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk, a read-only run: one line, as the CLI prints it
+        from fmnist.faults import describe
+
+        print(f"error: {describe(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,4 +1,4 @@
-"""Run-directory layout, atomic writes and the run manifest.
+"""Run-directory layout, atomic writes, locks and hashing.
 
 The run directory is the contract between jobs (local or on a scheduler) and the
 report. Every file a job produces is written through a temporary file and renamed,
@@ -79,9 +79,23 @@ class RunLayout:
     def timings_dir(self) -> Path:
         return self.root / "timings"
 
+    def timings(self, job_id: str) -> Path:
+        return self.timings_dir / f"{job_id}.parquet"
+
+    def benchmark_marker(self, model: str, node_type: str) -> Path:
+        """Written when every variant of ``model`` was measured on ``node_type``."""
+        return self.timings_dir / f"{model}__{node_type}.complete"
+
     @property
     def predictions_dir(self) -> Path:
         return self.root / "predictions"
+
+    def predictions(self, input_stem: str, model: str) -> Path:
+        return self.predictions_dir / input_stem / model
+
+    @property
+    def inputs_dir(self) -> Path:
+        return self.root / "inputs"
 
     @property
     def figures_dir(self) -> Path:
@@ -114,13 +128,24 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:  # the directory is read-only, full or not ours: say which
+        raise OSError(exc.errno, exc.strerror, str(target.parent)) from exc
     os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as exc:
+        # A full disk or a lost mount while writing: name the file being written, not
+        # its temporary name; where the error names no file (pyarrow's writers), the
+        # directory, since the body may be writing other files there too.
+        if exc.errno is not None and exc.filename in (None, tmp_name, str(tmp)):
+            where = target.parent if exc.filename is None else target
+            raise OSError(exc.errno, exc.strerror or str(exc), str(where)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -174,6 +199,27 @@ def sha256_file(path: Path | str) -> str:
     return sha256_files(path)
 
 
+_HASHED: dict[tuple, str] = {}
+
+
+def sha256_cached(*paths: Path | str) -> str:
+    """:func:`sha256_files` of ``paths``, hashed once per process while the files stay the same.
+
+    The key is each file's identity and last change (device, inode, size, mtime, ctime),
+    so a file replaced or rewritten in place since is hashed again. A model of 150 MB
+    takes a fraction of a second to hash; commands that check several variants of one
+    model, or score many shards, pay it once.
+    """
+    key: tuple = ()
+    for path in paths:
+        status = os.stat(path)
+        key += (str(Path(path).resolve()), status.st_dev, status.st_ino, status.st_size)
+        key += (status.st_mtime_ns, status.st_ctime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = sha256_files(*paths)
+    return _HASHED[key]
+
+
 class LockBusy(FmnistError):
     """Another process holds the lock and the caller asked not to wait."""
 
@@ -208,24 +254,11 @@ def enclosing_run(path: Path | str) -> Path | None:
 
 
 def read_manifest(run: Path | str) -> dict[str, Any]:
-    """The run's manifest, or an empty dict when none exists yet."""
-    path = RunLayout(Path(run)).manifest
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FmnistError(f"{path}: not valid JSON ({exc})") from exc
+    """The run's manifest as its plain JSON object (``{}`` when none), read by its owner.
 
+    :mod:`fmnist.manifest` owns the file; prefer its typed
+    :func:`fmnist.manifest.read_manifest`.
+    """
+    from fmnist.manifest import manifest_dict
 
-def update_manifest(run: Path | str, section: str, key: str | None, value: Any) -> dict[str, Any]:
-    """Set ``manifest[section][key] = value`` (or ``manifest[section] = value``) under a lock."""
-    path = RunLayout(Path(run)).manifest
-    with file_lock(path):
-        manifest = read_manifest(run)
-        if key is None:
-            manifest[section] = value
-        else:
-            manifest.setdefault(section, {})[key] = value
-        write_json_atomic(path, manifest)
-    return manifest
+    return manifest_dict(run)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fmnist.io import FmnistError, read_manifest, update_manifest, write_json_atomic
+from fmnist.io import FmnistError, write_json_atomic
 from fmnist.system import git_revision, machine_info
 
 DEFAULT_NODE_TYPE = "local"
@@ -184,35 +184,51 @@ def _manifest_key(job: JobEnvironment) -> str:
 
 def job_recorded(run: Path | str) -> bool:
     """True when this process's job already has its entry in the run's manifest."""
-    return _manifest_key(current()) in read_manifest(run).get("jobs", {})
+    from fmnist.manifest import read_manifest
+
+    return _manifest_key(current()) in read_manifest(run).jobs
 
 
-def record_job(run: Path | str, command: str, task_id: str | None = None) -> None:
+def record_job(run: Path | str, command: str, task_id: str | None = None) -> bool:
     """Record in the run's manifest which job ran ``command`` there, where and when.
 
     Every job that writes into a run calls this once at its end (train, optimize,
-    evaluate, benchmark, score, verify, report; ``fmnist-batch step`` for a command that
-    does not, such as ``data to-csv``): ``manifest["jobs"]`` then says which
-    scheduler job (or local task) produced what, on which node type and host, and
-    ``manifest["machine"]`` describes each host with its libraries and code revision.
-    ``task_id`` names the pipeline task where the environment does not.
+    evaluate, benchmark, score, verify --merge, report into the run; ``fmnist-batch
+    step`` for a command that does not, such as ``data to-csv``): ``manifest["jobs"]``
+    then says which scheduler job (or local task) produced what, on which node type and
+    host, and ``manifest["machine"]`` describes each host with its libraries and code
+    revision. ``task_id`` names the pipeline task where the environment does not.
+
+    The job's outputs are complete when this is called: a record that cannot be written
+    (a read-only or full run directory) is a warning on stderr, not a failed job. True
+    when the record was written.
     """
+    from fmnist.manifest import JobRecord, MachineRecord, record_job_entry
+
     job = current()
     if task_id and not job.task_id:
         job = replace(job, task_id=task_id)
     info = machine_info().to_dict()
     info["git_revision"] = git_revision()
-    update_manifest(run, "machine", info["host"], info)
-    key = _manifest_key(job)
-    record = {
+    record = JobRecord(
         **job.to_dict(),
-        "command": command,
+        command=command,
         # Per job too: a host's machine entry keeps only the last job's revision.
-        "git_revision": info["git_revision"],
-        "argv": sys.argv[1:],
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    update_manifest(run, "jobs", key, record)
+        git_revision=info["git_revision"],
+        argv=sys.argv[1:],
+        finished=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    try:
+        record_job_entry(run, _manifest_key(job), record, MachineRecord.from_dict(info))
+    except (OSError, FmnistError) as exc:
+        from fmnist.faults import describe
+
+        print(
+            f"warning: {describe(exc)}; the outputs are complete, the job record was not written",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 def save_job_environment(job: JobEnvironment, directory: Path | str) -> Path:

@@ -29,11 +29,11 @@ from fmnist.io import (
     RunLayout,
     atomic_path,
     sha256_file,
-    update_manifest,
     write_json_atomic,
     write_parquet_atomic,
 )
 from fmnist.jobenv import record_job
+from fmnist.manifest import TrainingRecord, record_training
 from fmnist.recipes import (
     RECIPES,
     Recipe,
@@ -264,10 +264,16 @@ class _EpochRecorder:
         return Recorder(*args, **kwargs)
 
 
-def save_atomic(path: Path, saver: Callable[[Path], None]) -> None:
+def save_atomic(
+    path: Path,
+    saver: Callable[[Path], None],
+    before_rename: Callable[[Path], None] | None = None,
+) -> None:
     """Save through a Keras saver (``model.save``, ``save_weights``) atomically.
 
     Keras picks the format from the file name, so the temporary file keeps the suffix.
+    ``before_rename`` gets the saved temporary file before it takes ``path``'s name; when
+    it raises, ``path`` is left as it was.
     """
     suffix = ".weights.h5" if path.name.endswith(".weights.h5") else path.suffix
     with atomic_path(path) as tmp:
@@ -277,6 +283,8 @@ def save_atomic(path: Path, saver: Callable[[Path], None]) -> None:
             keras_tmp.replace(tmp)
         finally:
             keras_tmp.unlink(missing_ok=True)
+        if before_rename is not None:
+            before_rename(tmp)
 
 
 def resume_seed(seed: int, start_epoch: int) -> int:
@@ -330,9 +338,12 @@ def train_model(
             _fit(start, config, recipe, splits, checkpoint, progress)
         if recipe.restore_best and (checkpoint / "best.weights.h5").exists():
             start.model.load_weights(checkpoint / "best.weights.h5")
-    result = _write_model(layout, config.model, recipe, start, started)
-    entry = _manifest_entry(config, recipe, splits, result, precision)
-    update_manifest(layout.root, "models", config.model, entry)
+
+    def record(result: TrainResult) -> None:
+        training = _training_record(config, recipe, splits, result, precision)
+        record_training(layout.root, config.model, training)
+
+    result = _write_model(layout, config.model, recipe, start, started, record)
     record_job(layout.root, f"train {config.model}")
     if start.epoch < config.epochs:
         shutil.rmtree(checkpoint, ignore_errors=True)
@@ -459,60 +470,73 @@ def inference_copy(model, name: str, recipe: Recipe):
 
 
 def _write_model(
-    layout: RunLayout, model: str, recipe: Recipe, start: _Start, started: float
+    layout: RunLayout,
+    model: str,
+    recipe: Recipe,
+    start: _Start,
+    started: float,
+    record: Callable[[TrainResult], None],
 ) -> TrainResult:
     """Write the trained model, its history and its training curves; what the run produced.
 
-    The wall time is the epochs' own; a run that trained no epoch counts from ``started``.
+    ``record`` gets the result (with the model's SHA-256) before model.keras takes its
+    name: a model.keras on disk always has its record, and a record that cannot be
+    written leaves no model.keras (the checkpoint stays, to write it again). The wall
+    time is the epochs' own; a run that trained no epoch counts from ``started``.
     """
     history = pd.DataFrame(start.rows, columns=HISTORY_COLUMNS)
     model_path = layout.keras_model(model)
-    save_atomic(model_path, inference_copy(start.model, model, recipe).save)
     write_parquet_atomic(layout.history(model), history)
     wall = float(history["seconds"].sum()) if len(history) else time.perf_counter() - started
 
     from fmnist.plots import plot_training_curves
 
     plot_training_curves(history, model, layout.figures_dir / f"{model}__curves.png")
-    return TrainResult(
-        model_path=model_path,
-        history=history,
-        wall_seconds=wall,
-        sha256=sha256_file(model_path),
-        resumed_from_epoch=start.epoch,
-        best_epoch=start.best.get("epoch"),
-    )
+    results: list[TrainResult] = []
+
+    def publish(saved: Path) -> None:
+        result = TrainResult(
+            model_path=model_path,
+            history=history,
+            wall_seconds=wall,
+            sha256=sha256_file(saved),
+            resumed_from_epoch=start.epoch,
+            best_epoch=start.best.get("epoch"),
+        )
+        record(result)
+        results.append(result)
+
+    save_atomic(model_path, inference_copy(start.model, model, recipe).save, before_rename=publish)
+    return results[0]
 
 
-def _manifest_entry(
+def _training_record(
     config: TrainConfig,
     recipe: Recipe,
     splits: tuple[Split, Split],
     result: TrainResult,
     precision: str,
-) -> dict:
-    """What the manifest records of a training run, under ``models/<model>``."""
+) -> TrainingRecord:
+    """What the manifest records of a training run, under ``models.<model>``."""
     train_split, val_split = splits
     trained = result.history.iloc[result.resumed_from_epoch :]
     seconds = float(trained["seconds"].sum())
-    return {
-        "config": asdict(config),
-        "recipe": asdict(recipe),
-        "train_images": len(train_split),
-        "validation_images": len(val_split),
-        "epochs_run": len(result.history),
-        "best_epoch": result.best_epoch,
-        "wall_seconds": round(result.wall_seconds, 2),
+    return TrainingRecord(
+        keras_sha256=result.sha256,
+        config=asdict(config),
+        recipe=asdict(recipe),
+        train_images=len(train_split),
+        validation_images=len(val_split),
+        epochs_run=len(result.history),
+        best_epoch=result.best_epoch,
+        wall_seconds=round(result.wall_seconds, 2),
         # Keras' dtype policy the epochs ran under: mixed_bfloat16 only where the CPU runs
         # bf16 natively (recipe precision "bf16-native"), float32 elsewhere.
-        "training_precision": precision,
-        "native_bf16": has_native_bf16(),
-        "images_per_second": round(len(train_split) * len(trained) / seconds, 1)
-        if seconds
-        else None,
-        "keras_sha256": result.sha256,
-        "resumed_from_epoch": result.resumed_from_epoch,
-    }
+        training_precision=precision,
+        native_bf16=has_native_bf16(),
+        images_per_second=round(len(train_split) * len(trained) / seconds, 1) if seconds else None,
+        resumed_from_epoch=result.resumed_from_epoch,
+    )
 
 
 def train_summary(model: str, result: TrainResult) -> str:

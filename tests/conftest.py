@@ -26,7 +26,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 # --------------------------------------------------------------------------- real things
 
 REQUIRE_VARIABLE = "FMNIST_REQUIRE"
-REQUIRABLE = ("slurm", "pbspro", "torque", "chromium")
+REQUIRABLE = ("slurm", "pbspro", "torque", "chromium", "root")
 
 
 def required() -> set[str]:
@@ -150,6 +150,56 @@ def cluster(request, monkeypatch) -> Cluster:
     found = request.getfixturevalue(f"{request.param}_cluster")
     monkeypatch.setenv("PATH", found.environ()["PATH"])
     return found
+
+
+# --------------------------------------------------------------------------- real faults
+
+
+class Mounts:
+    """Real file-system faults made with mount(8): a tiny tmpfs, a read-only view.
+
+    Every mount is undone when the test ends, the last first.
+    """
+
+    def __init__(self) -> None:
+        self.mounted: list[Path] = []
+
+    def _mount(self, *args: str) -> None:
+        result = subprocess.run(["mount", *args], capture_output=True, text=True)
+        if result.returncode != 0:
+            missing("root", f"mount {' '.join(args)} failed: {result.stderr.strip()}")
+
+    def tmpfs(self, directory: Path, size: str = "256k") -> Path:
+        """A tmpfs of ``size`` on ``directory``: writing past it fails with ENOSPC."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self._mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory))
+        self.mounted.append(directory)
+        return directory
+
+    def read_only(self, source: Path, view: Path) -> Path:
+        """``source`` seen read-only at ``view`` (a bind mount): writes fail with EROFS."""
+        view.mkdir(parents=True, exist_ok=True)
+        self._mount("--bind", str(source), str(view))
+        self.mounted.append(view)
+        self._mount("-o", "remount,bind,ro", str(view))
+        return view
+
+    def undo(self) -> None:
+        for directory in reversed(self.mounted):
+            subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+        self.mounted.clear()
+
+
+@pytest.fixture
+def mounts():
+    """:class:`Mounts` for one test; needs root (``FMNIST_REQUIRE=root`` makes it required)."""
+    if os.geteuid() != 0:
+        missing("root", "the test mounts a tmpfs or a read-only bind mount (run as root)")
+    if not shutil.which("mount"):
+        missing("root", "mount(8) is not installed")
+    made = Mounts()
+    yield made
+    made.undo()
 
 
 # --------------------------------------------------------------------------- data
@@ -343,7 +393,12 @@ def check_predictions(frame, reference, rows) -> None:
 
 
 def run_with_model(source: Path, model: str, tmp_path: Path) -> Path:
-    """A fresh run directory ``tmp_path/run`` holding one model copied from ``source``."""
+    """A fresh run directory ``tmp_path/run`` holding one model copied from ``source``.
+
+    The manifest comes along: it holds the model's SHA-256, which every command that
+    loads the model checks.
+    """
     run = tmp_path / "run"
     shutil.copytree(source / "models" / model, run / "models" / model)
+    shutil.copy2(source / "manifest.json", run / "manifest.json")
     return run

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -219,8 +218,7 @@ def test_evaluate_runs_both_onednn_variants(trained_run, tmp_path):
 @pytest.fixture(scope="module")
 def ir_run(trained_run, tmp_path_factory):
     """backup1 of the trained run with its f32 and INT8 IRs."""
-    run = tmp_path_factory.mktemp("bench") / "run"
-    shutil.copytree(trained_run / "models" / "backup1", run / "models" / "backup1")
+    run = run_with_model(trained_run, "backup1", tmp_path_factory.mktemp("bench"))
     # Any INT8 will do: this is about timing it.
     bounds = Int8Bounds(
         max_drop=1.0, max_loss_change=1e9, max_confidence_change=1.0, max_mean_abs_dp=1.0

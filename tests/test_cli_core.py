@@ -81,8 +81,13 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path):
     path = RunLayout(tmp_path).keras_model("backup1")
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a zip")
-    result = CliRunner().invoke(main, ["evaluate", "--run", str(tmp_path), "--model", "backup1"])
-    assert result.exit_code == 1 and f"{path}: cannot load Keras model" in result.output
+    evaluate = ["evaluate", "--run", str(tmp_path), "--model", "backup1"]
+    result = CliRunner().invoke(main, evaluate)
+    assert result.exit_code == 1 and f"{path}: not recorded in " in result.output
+    assert CliRunner().invoke(main, ["adopt", str(tmp_path), str(path)]).exit_code == 0
+    result = CliRunner().invoke(main, evaluate)
+    assert result.exit_code == 1
+    assert f"error: {path}: cannot be read as a Keras model (truncated or corrupt)" in result.output
 
 
 def test_train_summary_reports_the_kept_epoch_not_the_last():

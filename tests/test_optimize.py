@@ -36,7 +36,8 @@ from fmnist.engines.optimize import (
     quantization_data,
     save_ir_atomic,
 )
-from fmnist.io import FmnistError, RunLayout, read_manifest, sha256_file
+from fmnist.io import FmnistError, RunLayout, sha256_file
+from fmnist.manifest import manifest_dict
 from fmnist.system import has_int8_dot_product
 
 pytestmark = pytest.mark.slow
@@ -99,7 +100,7 @@ def test_ir_has_a_dynamic_batch_and_every_batch_size_runs(optimized_run, test_im
 
 def test_manifest_records_checksums_and_the_int8_check(optimized_run):
     layout = RunLayout(optimized_run)
-    record = read_manifest(optimized_run)["openvino"]["backup1"]
+    record = manifest_dict(optimized_run)["openvino"]["backup1"]
     for precision in ("f32", "int8"):
         xml = layout.openvino_ir("backup1", precision)
         assert record[precision]["xml_sha256"] == sha256_file(xml)
@@ -161,7 +162,7 @@ def test_main_int8_is_quantized_from_its_convolution_head(trained_run, tmp_path,
     (rewrite,) = result.int8["rewrites"]
     assert rewrite["dense"] == "dense" and rewrite["kernel"] == [14, 14]
     assert result.int8["rewrite_max_abs_diff"] < 1e-4
-    record = read_manifest(run)["openvino"]["main"]["int8"]
+    record = manifest_dict(run)["openvino"]["main"]["int8"]
     assert record["rewrites"] == result.int8["rewrites"]
     assert record["method"] == "ptq" and record["accepted"]
     precisions = record["layer_precisions"]
@@ -186,7 +187,7 @@ def test_main_int8_is_quantized_from_its_convolution_head(trained_run, tmp_path,
 
 def test_int8_check_figures_are_the_engines_probabilities(optimized_run):
     """The check optimize recorded, recomputed from the f32 and INT8 IRs it wrote."""
-    record = read_manifest(optimized_run)["openvino"]["backup1"]["int8"]
+    record = manifest_dict(optimized_run)["openvino"]["backup1"]["int8"]
     check = record["check"]
     config = OptimizeConfig("backup1", calibration_size=100, validation_size=1000)
     data = quantization_data(config)
@@ -309,7 +310,7 @@ def test_an_int8_ir_needing_vnni_runs_only_where_the_cpu_has_it(
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
     capped = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert capped.returncode == 0, capped.stderr[-2000:]
-    skipped = read_manifest(run)["evaluations"]["backup1__openvino-int8"]["skipped"]
+    skipped = manifest_dict(run)["evaluations"]["backup1__openvino-int8"]["skipped"]
     assert "VNNI or AMX" in skipped and "ONEDNN_MAX_CPU_ISA" in skipped
     # What a CPU without VNNI or AMX sees (this one's flags come from /proc/cpuinfo).
     monkeypatch.setattr(openvino_engines, "has_int8_dot_product", lambda: False)
@@ -382,7 +383,7 @@ def test_evaluate_cli_for_the_openvino_variants(optimized_run, tmp_path):
         result = invoke(*args, "--limit", 100, "--skip-unsupported")
         assert result.exit_code == 0 and "skipped backup1 (openvino-bf16)" in result.output
         assert not RunLayout(run).metrics("backup1", "openvino-bf16").exists()
-        skipped = read_manifest(run)["evaluations"]["backup1__openvino-bf16"]["skipped"]
+        skipped = manifest_dict(run)["evaluations"]["backup1__openvino-bf16"]["skipped"]
         assert "bf16" in skipped  # the report shows this reason in the gap
 
 
@@ -400,7 +401,7 @@ def test_a_cpu_without_bf16_skips_openvino_bf16_with_its_reason(
     result = invoke(*args, "--limit", 100, "--skip-unsupported")
     assert result.exit_code == 0 and "skipped backup1 (openvino-bf16)" in result.output
     assert not RunLayout(run).metrics("backup1", "openvino-bf16").exists()
-    assert "bf16" in read_manifest(run)["evaluations"]["backup1__openvino-bf16"]["skipped"]
+    assert "bf16" in manifest_dict(run)["evaluations"]["backup1__openvino-bf16"]["skipped"]
 
 
 def test_bf16_the_plugin_cannot_compile_is_skipped_with_the_plugins_reason(optimized_run, tmp_path):
@@ -412,7 +413,7 @@ def test_bf16_the_plugin_cannot_compile_is_skipped_with_the_plugins_reason(optim
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipped main (openvino-bf16)" in result.stdout + result.stderr
-    reason = read_manifest(run)["evaluations"]["main__openvino-bf16"]["skipped"]
+    reason = manifest_dict(run)["evaluations"]["main__openvino-bf16"]["skipped"]
     assert "bf16" in reason and "Exception from" not in reason, reason
 
 

@@ -21,11 +21,20 @@ from click.testing import CliRunner
 
 from fmnist.cli import main
 from fmnist.engines import VARIANTS
-from fmnist.io import RunLayout, update_manifest, write_parquet_atomic
+from fmnist.io import RunLayout, write_parquet_atomic
+from fmnist.manifest import (
+    EvaluationRecord,
+    IrRecord,
+    JobRecord,
+    MachineRecord,
+    record_evaluation,
+    record_ir,
+    record_job_entry,
+)
 from fmnist.report import build_report
 from fmnist.report.document import format_value
 from fmnist.report.render import Cell, Table, gap_footnotes, to_markdown
-from fmnist.report.runs import normalize_timings, read_run
+from fmnist.report.runs import read_run
 from fmnist.report.seed_reference import SEED_RESULTS
 
 MODELS = ("main", "backup1", "backup2")
@@ -171,21 +180,15 @@ def test_the_same_gap_reason_gets_one_footnote():
     assert "| **x** | gap [1] | gap [1] |" in to_markdown([table])
 
 
-def test_timing_column_aliases_are_mapped():
-    frame = normalize_timings(
-        pd.DataFrame(
-            {
-                "latency_p50_ms": ["1.5"],
-                "throughput": [10],
-                "isa": [["avx2", "avx512f"]],
-                "skip_reason": ["x"],
-            }
-        )
-    )
-    row = frame.iloc[0]
-    assert row["p50_ms"] == 1.5 and row["images_per_second"] == 10
-    assert row["isa_flags"] == "avx2 avx512f" and row["reason"] == "x"
-    assert row["node_type"] is None and np.isnan(row["p99_ms"])
+def test_timings_read_in_the_one_schema(tmp_path):
+    from fmnist.bench.timings import COLUMNS, read_timings
+
+    # A file written before some columns existed: they read empty; other names are not guessed.
+    path = tmp_path / "t.parquet"
+    pd.DataFrame({"p50_ms": ["1.5"], "latency_p99_ms": [2.0], "model": ["main"]}).to_parquet(path)
+    row = read_timings(path).iloc[0]
+    assert set(COLUMNS) <= set(row.index)
+    assert row["p50_ms"] == 1.5 and np.isnan(row["p99_ms"]) and row["node_type"] is None
 
 
 def test_not_a_run_directory_is_a_one_line_error(tmp_path):
@@ -270,12 +273,11 @@ def test_accuracy_table_shows_loss_and_mean_dp_beside_accuracy(tmp_path):
 def test_quantization_table_shows_how_each_int8_ir_was_made(tmp_path):
 
     check = {"accuracy_drop": 0.0007, "lost": 14, "gained": 10}
-    update_manifest(
+    record_ir(
         tmp_path,
-        "openvino",
         "backup1",
-        {
-            "int8": {
+        IrRecord(
+            int8={
                 "method": "ptq+8bit-first-layer",
                 "accepted": True,
                 "reason": "int8 keeps f32's figures",
@@ -284,9 +286,9 @@ def test_quantization_table_shows_how_each_int8_ir_was_made(tmp_path):
                 "layer_precisions": {"conv_1": "int8", "dense_4": "f32", "conv_2": "int8"},
                 "speedup_batch256": 3.81,
             }
-        },
+        ),
     )
-    update_manifest(tmp_path, "openvino", "main", {"f32": {}})  # optimized without --int8
+    record_ir(tmp_path, "main", IrRecord(f32={"xml": "x"}))  # optimized without --int8
     (tmp_path / "models" / "backup1").mkdir(parents=True)
     (tmp_path / "models" / "main").mkdir(parents=True)
     markdown = build_report([tmp_path], tmp_path / "report").markdown.read_text()
@@ -309,10 +311,10 @@ def test_environment_shows_the_revisions_the_jobs_ran(tmp_path):
     from fmnist.report.tables import build_tables
 
     (tmp_path / "models" / "backup1").mkdir(parents=True)
-    update_manifest(tmp_path, "machine", "node1", {"host": "node1", "git_revision": "c" * 40})
-    update_manifest(tmp_path, "jobs", "1", {"command": "train", "git_revision": "a" * 40})
-    update_manifest(tmp_path, "jobs", "2", {"command": "evaluate", "git_revision": "b" * 40})
-    update_manifest(tmp_path, "jobs", "3", {"command": "optimize", "git_revision": "a" * 40})
+    machine = MachineRecord(host="node1", git_revision="c" * 40)
+    for key, command, revision in (("1", "train", "a"), ("2", "evaluate", "b"), ("3", "x", "a")):
+        job = JobRecord(command=command, git_revision=revision * 40)
+        record_job_entry(tmp_path, key, job, machine)
     tables = build_tables([read_run(tmp_path)])
     assert tables.environment["git revision"].tolist() == ["a" * 12 + ", " + "b" * 12]
 
@@ -458,7 +460,7 @@ def test_a_run_without_benchmark_shows_the_gap(runs, tmp_path):
     run = tmp_path / "nobench"
     shutil.copytree(runs["nobench"], run)
     # What `evaluate --skip-unsupported` records for a variant this CPU cannot run.
-    update_manifest(run, "evaluations", "backup1__openvino-bf16", {"skipped": "no bf16 here"})
+    record_evaluation(run, "backup1", "openvino-bf16", EvaluationRecord(skipped="no bf16 here"))
     result = invoke("report", run)  # the CLI, into RUN/report
     assert "report.html" in result.output
     report = run / "report"

@@ -12,7 +12,8 @@ from conftest import wheel_cli
 
 from fmnist.engines import VARIANTS
 from fmnist.engines.openvino import cpu_capabilities
-from fmnist.io import RunLayout, read_manifest
+from fmnist.io import RunLayout
+from fmnist.manifest import manifest_dict
 
 MODELS = ("main", "backup1", "backup2")
 
@@ -34,13 +35,13 @@ def test_quick_profile_runs_every_step_and_a_rerun_skips_them(installed_wheel, t
     markdown = (run / "report" / "report.md").read_text()
     quantization = markdown.split("## INT8 quantization", 1)[1].split("\n## ", 1)[0]
     for model in MODELS:
-        method = read_manifest(run)["openvino"][model]["int8"]["method"]
+        method = manifest_dict(run)["openvino"][model]["int8"]["method"]
         assert f"| **{model}** | {method} |" in quantization, quantization
     # The quick job shows real models: every variant this CPU can run is evaluated on the
     # 2,000 test images and reaches 75 %; openvino-bf16 is skipped, with its reason,
     # only where the CPU plugin reports no native bf16.
     runnable = [v for v in VARIANTS if v != "openvino-bf16" or "BF16" in cpu_capabilities()]
-    manifest = read_manifest(run)
+    manifest = manifest_dict(run)
     for model in MODELS:
         for variant in runnable:
             metrics = pd.read_parquet(RunLayout(run).metrics(model, variant))

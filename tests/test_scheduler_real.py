@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from conftest import Cluster, missing
 
-from fmnist.io import read_manifest
+from fmnist.manifest import manifest_dict
 from fmnist.nodetypes import load_node_types
 from fmnist.pipeline.nodes import list_nodes, node_offers, request_needs
 from fmnist.pipeline.scheduler import ACTIVE, COMPLETED, STUCK, JobState, cancel_jobs, query_states
@@ -279,7 +279,7 @@ def assert_readable(*paths: Path, group_writable: bool | None = False) -> None:
 
 
 def manifest_entries(run: Path, task_id: str) -> list[dict]:
-    return [e for e in read_manifest(run).get("jobs", {}).values() if e.get("task_id") == task_id]
+    return [e for e in manifest_dict(run).get("jobs", {}).values() if e.get("task_id") == task_id]
 
 
 # --------------------------------------------------------------------------- the story

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from fmnist.architectures import get_architecture
 from fmnist.bench.config import BenchConfig
 from fmnist.bench.timings import current_job_id, job_columns, timings_frame, write_timings
 from fmnist.bench.workers import process_groups, run_worker
 from fmnist.bench.yardstick import yardstick_rows
+from fmnist.engines import variant_artifact
 from fmnist.io import FmnistError, RunLayout, write_json_atomic
 from fmnist.jobenv import record_job
+from fmnist.manifest import check_model_files
 
 
 @dataclass
@@ -37,9 +40,16 @@ class BenchmarkResult:
 def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) -> BenchmarkResult:
     """Measure every variant of ``config.model`` and write ``RUN/timings/<job-id>.parquet``."""
     config.check()
+    get_architecture(config.model)  # an unknown name lists the valid ones
     layout = RunLayout(Path(config.run))
     if not layout.keras_model(config.model).exists():
         raise FmnistError(f"{layout.keras_model(config.model)}: model file not found")
+    # Here, not in the workers: a changed model is one line, not a failed variant. A
+    # variant without its files is measured as skipped, with its reason.
+    artifacts = {variant_artifact(layout.root, config.model, v) for v in config.variants}
+    for artifact in sorted(artifacts):
+        if artifact.is_file():
+            check_model_files(layout.root, artifact)
     job_id = current_job_id()
     rows: list[dict] = []
     for env, variants in process_groups(config.variants):
@@ -48,13 +58,13 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) 
         if config.yardstick:
             rows += yardstick_rows(config, group_rows, progress)
     frame = timings_frame(rows, job_columns(config, job_id))
-    path = layout.timings_dir / f"{job_id}.parquet"
+    path = layout.timings(job_id)
     write_timings(path, frame)
     if not BenchmarkResult(frame, path).failed:
         # The pipeline's completion marker: this model was benchmarked on this node type.
         node_type = frame["node_type"].iloc[0]
         write_json_atomic(
-            layout.timings_dir / f"{config.model}__{node_type}.complete",
+            layout.benchmark_marker(config.model, node_type),
             {"job_id": job_id, "file": path.name, "rows": len(frame)},
         )
     record_job(layout.root, f"benchmark {config.model}")

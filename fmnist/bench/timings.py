@@ -1,4 +1,4 @@
-"""The timings table (``RUN/timings/<job-id>.parquet``): its columns, rows and writer.
+"""The timings table (``RUN/timings/<job-id>.parquet``): its schema, rows, writer and reader.
 
 Rows record what actually ran: executed precision, threads, CPU, ISA flags, library
 versions, and the job and node type that measured them.
@@ -29,6 +29,9 @@ COLUMNS = (
     + ["images_per_second", "status", "reason", "details", "timestamp"]
     + [f"{name}_version" for name in VERSION_COLUMNS]
 )
+NUMBER_COLUMNS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_second")
+COUNT_COLUMNS = ("iterations", "threads", "batch_size", "usable_cpus")
+TEXT_COLUMNS = ("reason", "details", "measure", "executed_precision")
 
 
 def measured_row(
@@ -102,14 +105,31 @@ def timings_frame(rows: list[dict], job: dict) -> pd.DataFrame:
     for column in COLUMNS:
         if column not in frame:
             frame[column] = None
-    frame = frame[COLUMNS]
-    for column in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_second"):
-        frame[column] = frame[column].astype("float64")
-    for column in ("iterations", "threads", "batch_size", "usable_cpus"):
-        frame[column] = frame[column].astype("Int64")
-    for column in ("reason", "details", "measure", "executed_precision"):
+    return conform(frame[COLUMNS])
+
+
+def conform(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every timings column (missing ones empty) in its type.
+
+    A file written before a column existed reads with that column empty; a column of
+    another name is not guessed at.
+    """
+    frame = frame.copy()
+    for column in COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    for column in NUMBER_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    for column in COUNT_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    for column in TEXT_COLUMNS:
         frame[column] = frame[column].fillna("").astype(str)
     return frame
+
+
+def read_timings(path: Path) -> pd.DataFrame:
+    """One timings file, conformed to the schema (:func:`conform`)."""
+    return conform(pd.read_parquet(path))
 
 
 def write_timings(path: Path, frame: pd.DataFrame) -> pd.DataFrame:

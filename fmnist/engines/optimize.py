@@ -31,13 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fmnist.architectures import get_architecture
 from fmnist.data import load_dataset, to_model_input, train_validation_split
 from fmnist.engines.int8_check import Int8Bounds, Int8Check
 from fmnist.engines.keras import load_keras_model
 from fmnist.engines.openvino import COMPUTE_LAYERS, core, mark_needs_int8_dot_product
 from fmnist.engines.rewrite import dense_heads_as_convolutions
-from fmnist.io import FmnistError, RunLayout, read_manifest, sha256_file, update_manifest
+from fmnist.io import FmnistError, RunLayout, sha256_file
 from fmnist.jobenv import record_job
+from fmnist.manifest import IrRecord, check_model_files, record_ir
 from fmnist.system import has_int8_dot_product
 
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
@@ -474,7 +476,9 @@ def optimize_model(
 
     started = time.perf_counter()
     layout = RunLayout(Path(run))
+    get_architecture(config.model)  # an unknown name lists the valid ones
     keras_path = layout.keras_model(config.model)
+    check_model_files(layout.root, keras_path)  # the model train recorded, or nothing
     progress(f"{config.model}: converting {keras_path} to OpenVINO IR (dynamic batch)")
     ov_model, keras_model = convert_keras(keras_path)
     f32_xml = layout.openvino_ir(config.model, "f32")
@@ -521,14 +525,6 @@ def optimize_model(
         progress(f"  wrote {int8_xml} ({int8_record['method']}, {verdict})")
     result.seconds = time.perf_counter() - started
     record["seconds"] = round(result.seconds, 2)
-    _merge_manifest(layout.root, config.model, record)
+    record_ir(layout.root, config.model, IrRecord.from_dict(record))
     record_job(layout.root, f"optimize {config.model}" + (" --int8" if config.int8 else ""))
     return result
-
-
-def _merge_manifest(run: Path, model: str, record: dict) -> None:
-    # An f32-only re-run must not erase the record of an INT8 IR that is still there.
-    previous = read_manifest(run).get("openvino", {}).get(model, {})
-    if "int8" not in record and "int8" in previous:
-        record["int8"] = previous["int8"]
-    update_manifest(run, "openvino", model, record)

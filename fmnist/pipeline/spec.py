@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmnist.io import FmnistError, read_toml
+from fmnist.io import FmnistError, RunLayout, read_toml
 from fmnist.resources import pipeline_spec
 
 
@@ -145,6 +145,20 @@ def element_values(index: int, size: int) -> dict:
     return {"array_index": index, "array_size": size, "shard_marker": marker_name(index, size)}
 
 
+def layout_values(scope: dict) -> dict:
+    """Run-directory paths :class:`fmnist.io.RunLayout` names, for outputs to use.
+
+    ``{benchmark_marker}``: the marker ``benchmark`` writes when every variant of
+    ``{model}`` was measured on ``{node_type}``.
+    """
+    layout = RunLayout(Path())
+    values = {}
+    if "model" in scope and "node_type" in scope:
+        marker = layout.benchmark_marker(str(scope["model"]), str(scope["node_type"]))
+        values["benchmark_marker"] = marker.as_posix()
+    return values
+
+
 def _is_element_template(template: str) -> bool:
     fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
     return bool(fields & set(ELEMENT_PLACEHOLDERS))
@@ -159,6 +173,7 @@ def _outputs(step: Step, run: Path, scope: dict, size: int | None):
             f"step {step.name!r}: outputs use {', '.join(ELEMENT_PLACEHOLDERS)} "
             "but the step is no array (resources.array)"
         )
+    scope = {**layout_values(scope), **scope}
     common = tuple(Path(run) / o.format(**scope) for o in shared)
     if not per_element:
         return common, ()

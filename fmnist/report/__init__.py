@@ -48,6 +48,10 @@ def _remove_stale_figures(directory: Path, keep: set[Path]) -> None:
             path.unlink()
 
 
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
 def build_report(
     runs: list[Path | str],
     out: Path | str | None = None,
@@ -79,7 +83,8 @@ def build_report(
     write_text_atomic(html_path, to_html(blocks, out, TITLE))
     gaps = sum(len(gap_footnotes(b)[1]) for b in blocks if isinstance(b, Table))
     progress(f"wrote {html_path}")
-    if len(runs) == 1:
+    if len(runs) == 1 and _inside(out, Path(runs[0])):
+        # A report written elsewhere only read the run, and leaves it as it was.
         record_job(runs[0], "report")
     return ReportFiles(
         markdown=markdown_path,

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fmnist.engines import VARIANTS
+from fmnist.manifest import TrainingRecord
 from fmnist.report.runs import RunData
 from fmnist.report.seed_reference import SEED_RESULTS
 
@@ -106,18 +107,7 @@ def run_node_types(run: RunData) -> list[str]:
     if found:
         return found
     # Without timings: the node types the run's jobs recorded in the manifest.
-    jobs = run.manifest.get("jobs") or {}
-    recorded = (
-        sorted(
-            {
-                str(job["node_type"])
-                for job in jobs.values()
-                if isinstance(job, dict) and job.get("node_type")
-            }
-        )
-        if isinstance(jobs, dict)
-        else []
-    )
+    recorded = run.manifest.node_types()
     return ["+".join(recorded)] if recorded else ["unknown"]
 
 
@@ -251,9 +241,9 @@ def _metrics_summary(run: RunData, model: str, variant: str) -> tuple[pd.Series 
     precision = "int8" if variant == "openvino-int8" else "f32"
     if variant.startswith("openvino") and not run.has_ir(model, precision):
         return None, f"never optimized (no models/{model}/openvino/{precision}/model.xml)"
-    recorded = (run.manifest.get("evaluations") or {}).get(f"{model}__{variant}") or {}
-    if recorded.get("skipped"):
-        return None, f"skipped: {recorded['skipped']}"
+    skipped = run.manifest.evaluation(model, variant).skipped
+    if skipped:
+        return None, f"skipped: {skipped}"
     return None, f"not evaluated (no metrics/{model}__{variant}.parquet)"
 
 
@@ -267,15 +257,17 @@ def metric_value(run: RunData, model: str, variant: str, column: str) -> tuple[f
 
 def training_figures(run: RunData, model: str) -> tuple[float | None, str, str]:
     """Training wall time in seconds, a short description of the training, or a gap."""
-    entry = (run.manifest.get("models") or {}).get(model) or {}
+    entry = run.manifest.models.get(model) or TrainingRecord()
     history = run.histories.get(model)
-    seconds = entry.get("wall_seconds")
+    seconds = entry.wall_seconds
     if seconds is None and history is not None and "seconds" in history:
         seconds = float(history["seconds"].sum())
     if seconds is None:
         return None, "", f"{model} not trained in this run (no manifest entry, no history)"
-    epochs = entry.get("epochs_run", len(history) if history is not None else None)
-    images = entry.get("train_images")
+    epochs = entry.epochs_run
+    if epochs is None and history is not None:
+        epochs = len(history)
+    images = entry.train_images
     detail = []
     if epochs is not None:
         detail.append(f"{epochs} epoch{'s' if epochs != 1 else ''}")

@@ -1,10 +1,11 @@
 """Read everything the report needs from run directories into plain DataFrames.
 
-This is the only report module that touches the file system on the way in. Other stages
-write the files while this code is read, possibly with slightly different column names
-across versions, so every reader is lenient: a missing file is an empty frame, an
-unreadable one is recorded in ``RunData.problems`` with its reason, and known aliases of
-column and field names are mapped onto one canonical set.
+This is the only report module that touches the file system on the way in; it reads each
+file through the file's owner (the manifest through :mod:`fmnist.manifest`, timings
+through :mod:`fmnist.bench.timings`, shard markers through :mod:`fmnist.scoring.shards`).
+Other stages write the files while this code is read, so every reader is lenient: a
+missing file is an empty frame, an unreadable one is recorded in ``RunData.problems``
+with its reason. Nothing here writes into a run.
 """
 
 from __future__ import annotations
@@ -15,47 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from fmnist.io import FmnistError, RunLayout, read_manifest
+from fmnist.bench.timings import conform as conform_timings
+from fmnist.io import FmnistError, RunLayout
+from fmnist.manifest import Manifest, read_manifest
 from fmnist.scoring.shards import ShardMarker, parse_shard_file, part_name
 
-# Canonical timings columns and the names other versions of the benchmark may use.
-TIMING_ALIASES: dict[str, tuple[str, ...]] = {
-    "run": ("run", "run_name"),
-    "job_id": ("job_id", "jobid", "job"),
-    "node_type": ("node_type", "node", "nodetype"),
-    "host": ("host", "hostname"),
-    "cpu_model": ("cpu_model", "cpu", "cpu_name"),
-    "isa_flags": ("isa_flags", "isa", "cpu_flags", "flags"),
-    "threads": ("threads", "num_threads", "n_threads", "inference_threads"),
-    "model": ("model",),
-    "variant": ("variant",),
-    "executed_precision": ("executed_precision", "precision", "inference_precision"),
-    "batch_size": ("batch_size", "batch"),
-    "mode": ("mode",),
-    "iterations": ("iterations", "n_iterations", "iters", "count"),
-    "p50_ms": ("p50_ms", "latency_p50_ms", "median_ms", "p50"),
-    "p90_ms": ("p90_ms", "latency_p90_ms", "p90"),
-    "p99_ms": ("p99_ms", "latency_p99_ms", "p99"),
-    "mean_ms": ("mean_ms", "latency_mean_ms", "avg_ms", "mean"),
-    "images_per_second": ("images_per_second", "throughput", "fps", "images_per_s", "ips"),
-    "status": ("status", "state", "outcome"),
-    "reason": ("reason", "skip_reason", "skipped_reason", "error", "message", "note"),
-    "source": ("source", "harness", "tool", "measured_by"),
-}
-TIMING_NUMBERS = (
-    "threads",
-    "batch_size",
-    "iterations",
-    "p50_ms",
-    "p90_ms",
-    "p99_ms",
-    "mean_ms",
-    "images_per_second",
-)
 # What the report shows of each shard's success marker, and the marker field it comes from.
 MARKER_COLUMNS = {
     "rows_read": "rows_read",
@@ -73,13 +41,13 @@ class RunData:
 
     label: str
     root: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     models: list[str]
     params: dict[str, int]
     histories: dict[str, pd.DataFrame]
     metrics: pd.DataFrame  # every metrics Parquet concatenated: per-class and average rows
     confusions: dict[tuple[str, str], pd.DataFrame]
-    timings: pd.DataFrame  # canonical columns (TIMING_ALIASES) plus 'file'
+    timings: pd.DataFrame  # the timings schema's columns (fmnist.bench.timings) plus 'file'
     scoring: pd.DataFrame  # one row per prediction part: input, model, part, marker fields
     problems: list[str] = field(default_factory=list)  # files present but unreadable
     # Lookups the report repeats for many cells, memoised by their arguments.
@@ -138,7 +106,7 @@ def read_run(root: Path | str, label: str | None = None) -> RunData:
     timings = _read_timings(layout, problems)
     scoring = _read_scoring(layout, problems)
     models = sorted(
-        set((manifest.get("models") or {}).keys())
+        set(manifest.models)
         | {p.name for p in (root / "models").glob("*") if p.is_dir()}
         | set(metrics.get("model", pd.Series(dtype=str)).dropna())
         | set(timings["model"].dropna())
@@ -166,13 +134,12 @@ def _relative(layout: RunLayout, path: Path) -> str:
         return str(path)
 
 
-def _read_manifest(root: Path, problems: list[str]) -> dict[str, Any]:
+def _read_manifest(root: Path, problems: list[str]) -> Manifest:
     try:
-        manifest = read_manifest(root)
+        return read_manifest(root)
     except FmnistError as exc:
         problems.append(str(exc))
-        return {}
-    return manifest if isinstance(manifest, dict) else {}
+        return Manifest()
 
 
 def _read_parquet(layout: RunLayout, path: Path, problems: list[str]) -> pd.DataFrame | None:
@@ -217,29 +184,6 @@ def _read_metrics(
     return metrics, confusions
 
 
-def normalize_timings(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rename known aliases onto the canonical timings columns and add missing ones empty."""
-    frame = frame.copy()
-    renames = {}
-    for canonical, aliases in TIMING_ALIASES.items():
-        if canonical in frame.columns:
-            continue
-        for alias in aliases:
-            if alias in frame.columns and alias not in renames:
-                renames[alias] = canonical
-                break
-    frame = frame.rename(columns=renames)
-    for column in TIMING_ALIASES:
-        if column not in frame.columns:
-            frame[column] = None
-    for column in TIMING_NUMBERS:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    frame["isa_flags"] = frame["isa_flags"].map(_flags_text)
-    for column in ("node_type", "mode", "source", "status", "variant", "model"):
-        frame[column] = frame[column].map(lambda v: None if _missing(v) else str(v))
-    return frame
-
-
 def _missing(value: Any) -> bool:
     if value is None:
         return True
@@ -247,15 +191,6 @@ def _missing(value: Any) -> bool:
         return bool(pd.isna(value))
     except (TypeError, ValueError):
         return False
-
-
-def _flags_text(value: Any) -> str | None:
-    # ISA flags arrive as a list, a numpy array, a comma/space separated string or a dict.
-    if isinstance(value, dict):
-        return " ".join(sorted(str(k) for k, v in value.items() if v))
-    if isinstance(value, list | tuple | np.ndarray):
-        return " ".join(str(v) for v in value)
-    return None if _missing(value) else str(value).replace(",", " ")
 
 
 def _read_timings(layout: RunLayout, problems: list[str]) -> pd.DataFrame:
@@ -268,14 +203,11 @@ def _read_timings(layout: RunLayout, problems: list[str]) -> pd.DataFrame:
         frame["file"] = _relative(layout, path)
         frames.append(frame)
     if not frames:
-        return normalize_timings(pd.DataFrame({"file": pd.Series(dtype=str)}))
-    # Normalise each file before concatenating: two versions may spell one column two ways.
-    frame = pd.concat([normalize_timings(f) for f in frames], ignore_index=True)
-    if "timestamp" in frame.columns:
-        # Lookups take the last matching row: order re-runs by when they were measured.
-        order = frame["timestamp"].map(lambda v: "" if _missing(v) else str(v))
-        frame = frame.iloc[order.argsort(kind="stable")].reset_index(drop=True)
-    return frame
+        return conform_timings(pd.DataFrame({"file": pd.Series(dtype=str)}))
+    frame = conform_timings(pd.concat(frames, ignore_index=True))
+    # Lookups take the last matching row: order re-runs by when they were measured.
+    order = frame["timestamp"].map(lambda v: "" if _missing(v) else str(v))
+    return frame.iloc[order.argsort(kind="stable")].reset_index(drop=True)
 
 
 def _read_scoring(layout: RunLayout, problems: list[str]) -> pd.DataFrame:
@@ -367,14 +299,15 @@ def _stored_member(archive: zipfile.ZipFile, handle, name: str) -> io.RawIOBase:
     return _MemberFile(handle, start, info.file_size)
 
 
-def _parameter_count(layout: RunLayout, model: str, manifest: dict[str, Any]) -> int | None:
+def _parameter_count(layout: RunLayout, model: str, manifest: Manifest) -> int | None:
     """Parameters of a trained model: from the manifest, else counted in model.keras.
 
     A ``.keras`` file is a zip holding ``model.weights.h5``; its ``layers/`` group has
     every variable Keras counts in ``count_params`` (the optimizer state lives apart).
     Counting there reads only the HDF5 metadata and avoids importing TensorFlow.
     """
-    recorded = ((manifest.get("models") or {}).get(model) or {}).get("params")
+    training = manifest.models.get(model)
+    recorded = training.params if training else None
     if isinstance(recorded, int):
         return recorded
     path = layout.keras_model(model)

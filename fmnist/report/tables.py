@@ -17,6 +17,7 @@ import pandas as pd
 
 from fmnist.engines.int8_check import MEAN_ABS_DP_COLUMN, Int8Check
 from fmnist.evaluate import COMPARED_WITH_F32, F32_REFERENCE
+from fmnist.manifest import MachineRecord
 from fmnist.report.lookup import (
     BASELINE,
     ONEDNN_ON,
@@ -332,7 +333,7 @@ def quantization_section(runs: list[RunData], models: list[str]) -> list[dict]:
     for run in runs:
         for model in models:
             where = {"run": run.label, "context": run.label, "model": model}
-            int8 = ((run.manifest.get("openvino") or {}).get(model) or {}).get("int8")
+            int8 = run.manifest.int8(model)
             if not int8:
                 gap = "no INT8 IR (optimize --int8 not run)"
                 out.append(record("quantization", "method", "method", "text", gap=gap, **where))
@@ -489,8 +490,8 @@ def environment_table(runs: list[RunData], ctxs: list[Context]) -> pd.DataFrame:
         timings = run.timings
         if not timings.empty and timings["node_type"].notna().any():
             timings = timings[timings["node_type"] == ctx.node_type]
-        machines = list((run.manifest.get("machine") or {}).values())
-        machine = machines[0] if machines and isinstance(machines[0], dict) else {}
+        machines = list(run.manifest.machines.values())
+        machine = machines[0] if machines else MachineRecord()
 
         def joined(column: str, fallback: Any = None, frame: pd.DataFrame = timings) -> str:
             values = sorted({_cell_text(v) for v in frame[column]} - {""})
@@ -513,40 +514,28 @@ def environment_table(runs: list[RunData], ctxs: list[Context]) -> pd.DataFrame:
                 for value in timings[column].dropna():
                     libraries.update(_dict_items(value))
         if not libraries:
-            libraries = dict(machine.get("libraries") or {})
-        job_ids = joined("job_id")
-        if not job_ids:
-            jobs = run.manifest.get("jobs") or {}
-            job_ids = ", ".join(sorted(str(k) for k in jobs)) if isinstance(jobs, dict) else ""
+            libraries = dict(machine.libraries)
+        job_ids = joined("job_id") or ", ".join(sorted(run.manifest.jobs))
         rows.append(
             {
                 "context": ctx.label,
                 "run": ctx.run,
                 "node type": ctx.node_type,
-                "host": joined("host", machine.get("host")),
-                "CPU model": joined("cpu_model", machine.get("cpu_model")),
-                "ISA flags": joined("isa_flags", " ".join(machine.get("isa_flags") or [])),
-                "threads": joined("threads", machine.get("usable_cpus")),
+                "host": joined("host", machine.host),
+                "CPU model": joined("cpu_model", machine.cpu_model),
+                "ISA flags": joined("isa_flags", " ".join(machine.isa_flags)),
+                "threads": joined("threads", machine.usable_cpus),
                 "libraries": ", ".join(f"{k} {v}" for k, v in sorted(libraries.items())),
                 "job ids": job_ids
                 or (", ".join(sorted(set(timings["file"].dropna()))) if len(timings) else ""),
-                "git revision": _revisions(run.manifest)
-                or _cell_text(machine.get("git_revision"))[:12],
+                "git revision": ", ".join(sorted({r[:12] for r in run.manifest.git_revisions()}))
+                or _cell_text(machine.git_revision)[:12],
             }
         )
     return pd.DataFrame(rows)
 
 
 TIMING_KEYS = ("file",)
-
-
-def _revisions(manifest: dict) -> str:
-    """The code revisions the run's jobs ran (short, sorted), from their manifest entries."""
-    jobs = manifest.get("jobs") or {}
-    found = {
-        _cell_text(job.get("git_revision"))[:12] for job in jobs.values() if isinstance(job, dict)
-    }
-    return ", ".join(sorted(found - {""}))
 
 
 def _dict_items(value: Any) -> dict[str, str]:
