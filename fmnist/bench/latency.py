@@ -90,7 +90,10 @@ def _no_gc() -> Iterator[None]:
 
 
 def warm_up(
-    call: Callable[[np.ndarray], object], inputs: Sequence[np.ndarray], config: BenchConfig
+    call: Callable[[np.ndarray], object],
+    inputs: Sequence[np.ndarray],
+    config: BenchConfig,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> int:
     """Untimed calls before timing; returns how many ran.
 
@@ -102,7 +105,6 @@ def warm_up(
     """
     if config.warmup == 0:
         return 0
-    clock = time.perf_counter
     start = clock()
     settled, give_up = start + 0.1 * config.max_seconds, start + 0.25 * config.max_seconds
     calls = 0
@@ -118,14 +120,14 @@ def time_calls(
     call: Callable[[np.ndarray], object],
     inputs: Sequence[np.ndarray],
     config: BenchConfig,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[float]:
     """Wall time of ``call`` on each input in turn, after warm-up, for the time budget.
 
     Timing stops once ``config.max_seconds`` have passed (after at least
     ``config.min_iterations`` calls) or at ``config.iterations`` calls, if set.
     """
-    clock = time.perf_counter
-    warm_up(call, inputs, config)
+    warm_up(call, inputs, config, clock)
     limit = config.iterations or sys.maxsize
     times: list[float] = []
     with _no_gc():

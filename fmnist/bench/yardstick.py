@@ -20,18 +20,17 @@ from fmnist.bench.timings import failed_row
 from fmnist.engines import variant_artifact
 from fmnist.io import FmnistError
 
+# benchmark_app's console script, run by this interpreter: the OpenVINO our engines
+# import, wherever the script was installed (a venv sharing another's packages has none).
+BENCHMARK_APP = (
+    "import sys; from openvino.tools.benchmark.main import main; "
+    "sys.argv[0] = 'benchmark_app'; sys.exit(main())"
+)
 
-def benchmark_app_path() -> Path:
-    """OpenVINO's benchmark_app from the wheel installed beside this interpreter."""
-    candidate = Path(sys.executable).parent / "benchmark_app"
-    if candidate.exists():
-        return candidate
-    import shutil
 
-    found = shutil.which("benchmark_app")
-    if not found:
-        raise FmnistError("benchmark_app not found (it ships with the openvino wheel)")
-    return Path(found)
+def benchmark_app_command() -> list[str]:
+    """The command that starts OpenVINO's benchmark_app from this interpreter's wheel."""
+    return [sys.executable, "-c", BENCHMARK_APP]
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -73,7 +72,7 @@ def run_benchmark_app(xml: Path, precision: str, mode: str, batch_size: int, sec
     static = mode == "latency" and batch_size == 1
     api = ["-api", "async", "-nireq", "1"] if mode == "latency" else []
     command = [
-        str(benchmark_app_path()),
+        *benchmark_app_command(),
         "-m", str(xml),
         "-d", "CPU",
         "-hint", mode,
