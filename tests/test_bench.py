@@ -219,7 +219,8 @@ def _rows():
          "iterations": 10, "threads": 2},
         {**ok, "variant": "openvino-f32", "mode": "latency", "batch_size": 1, "p50_ms": 0.1,
          "p90_ms": 0.2, "p99_ms": 0.3, "mean_ms": 0.12, "images_per_second": 8000.0,
-         "iterations": 1000, "threads": 2},
+         "iterations": 1000, "threads": 2,
+         "details": json.dumps({"round_p50_ms": [0.101, 0.097, 0.1, 0.125, 0.099]})},
         {**ok, "variant": "openvino-f32", "mode": "throughput", "batch_size": 32,
          "p50_ms": 3.0, "p90_ms": 3.5, "p99_ms": 4.0, "mean_ms": 3.1,
          "images_per_second": 10000.0, "iterations": 100, "threads": 2},
@@ -238,6 +239,10 @@ def test_timings_frame_has_the_design_columns_and_types():
     assert skipped["status"] == "skipped" and np.isnan(skipped["p50_ms"])
     table = summary_table(frame)
     assert "500.0x" in table  # openvino-f32 p50 0.1 ms against keras-predict's 50 ms
+    [f32] = [line for line in table.splitlines() if line.startswith("openvino-f32")]
+    assert "0.100     0.200     0.300      0.097-0.125" in f32  # p50, p90, p99, rounds
+    [keras] = [line for line in table.splitlines() if line.startswith("keras-predict")]
+    assert "60.000    70.000                -" in keras  # no rounds recorded: a dash
     assert "openvino-bf16     skipped: no bf16 here" in table
 
 
