@@ -200,8 +200,10 @@ run_option = click.option(
     default=None,
     help=RUN_HELP + " Re-running with the same one resumes an interrupted run.",
 )
-@click.option("--epochs", type=int, default=40, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--epochs", type=int, default=None, help="Epochs [default: the recipe's].")
+@click.option(
+    "--batch-size", type=int, default=None, help="Images per step [default: the recipe's]."
+)
 @click.option("--limit", type=int, default=None, help="Train on the first N training images.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -214,9 +216,10 @@ run_option = click.option(
     "--recipe",
     default="seed",
     show_default=True,
-    help="seed: the report's recipe; tuned: label smoothing + best-epoch restore; "
-    "tuned-wd: tuned with decoupled weight decay; tuned-flip: tuned with horizontal flips; "
-    "quick: for runs of 1-3 epochs (faster BatchNorm statistics).",
+    help="seed: the report's recipe (40 epochs, batch 64); tuned: label smoothing + "
+    "best-epoch restore; tuned-wd: tuned with decoupled weight decay; tuned-flip: tuned with "
+    "horizontal flips; quick: for runs of 1-3 epochs (faster BatchNorm statistics); fast: "
+    "per-network one-cycle recipe for time to accuracy (bf16 where the CPU runs it natively).",
 )
 @click.option(
     "--augment/--no-augment",
@@ -230,6 +233,7 @@ def train_command(model, out, epochs, batch_size, limit, seed, patience, recipe,
     \b
     Example:
       fmnist-batch train --model backup1 --epochs 2 --limit 5000 --out outputs/try
+      fmnist-batch train --model main --recipe fast --out outputs/fast
     """
     from fmnist.train import TrainConfig, train_model, train_summary
 

@@ -26,6 +26,9 @@ ISA_FLAGS = (
 # u8 x s8 products straight into 32 bits. Without them, AVX2's vpmaddubsw adds pairs of
 # products into 16 bits, which saturate when both bytes use their whole range.
 INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# Flags of native bf16 arithmetic (AVX-512's vdpbf16ps, AMX's bf16 tiles). Without them
+# oneDNN emulates bf16, which is slower than f32.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 LIBRARIES = (
     "tensorflow",
     "tensorflow-cpu",
@@ -95,11 +98,33 @@ def has_int8_dot_product(flags: set[str] | None = None, isa_cap: str | None = No
     ``ONEDNN_MAX_CPU_ISA``, or its older name ``DNNL_MAX_CPU_ISA``).
     """
     flags = cpu_flags() if flags is None else flags
-    if isa_cap is None:
-        isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA", "")
-    if isa_cap.strip().upper() in ISA_CAPS_WITHOUT_INT8_DOT_PRODUCT:
+    cap = onednn_isa_cap() if isa_cap is None else isa_cap.strip().upper()
+    if cap in ISA_CAPS_WITHOUT_INT8_DOT_PRODUCT:
         return False
     return any(flag in flags for flag in INT8_DOT_PRODUCT_FLAGS)
+
+
+# oneDNN ISA caps below every native bf16 ISA (AVX512_CORE_BF16 and up).
+ISA_CAPS_WITHOUT_BF16 = ISA_CAPS_WITHOUT_INT8_DOT_PRODUCT + ("AVX512_CORE_VNNI", "AVX2_VNNI")
+
+
+def onednn_isa_cap() -> str:
+    """oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``, or its older name), upper case; "" if none."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA", "")
+    return cap.strip().upper()
+
+
+def has_native_bf16(flags: set[str] | None = None, isa_cap: str | None = None) -> bool:
+    """Whether oneDNN runs bf16 natively here (AVX512_BF16 or AMX, not capped below them).
+
+    ``flags``: the CPU's (default: this one's); ``isa_cap``: oneDNN's ISA cap (default:
+    ``ONEDNN_MAX_CPU_ISA``).
+    """
+    flags = cpu_flags() if flags is None else flags
+    cap = onednn_isa_cap() if isa_cap is None else isa_cap.strip().upper()
+    if cap in ISA_CAPS_WITHOUT_BF16:
+        return False
+    return any(flag in flags for flag in BF16_FLAGS)
 
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:

@@ -29,32 +29,44 @@ def test_the_schedule_decays_per_epoch():
     assert [learning_rate(recipe, e) for e in range(3)] == pytest.approx([1e-3, 9e-4, 8.1e-4])
 
 
-def _first_batch(config: TrainConfig, start_epoch: int) -> np.ndarray:
-    images = np.arange(64 * 28 * 28, dtype=np.float32).reshape(64, 28, 28, 1) / (64 * 784)
-    targets = np.eye(10, dtype=np.float32)[np.arange(64) % 10]
-    dataset = training_data(images, targets, config, start_epoch)["x"]
-    return next(iter(dataset))[0].numpy()
+def _images(n: int = 64) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+
+
+def _first_batch(config: TrainConfig, start_epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = _images(), np.arange(64) % 10
+    dataset = training_data(images, labels, config.with_recipe_defaults(), start_epoch)
+    x, y = next(iter(dataset))
+    return x.numpy(), y.numpy()
 
 
 def test_an_augmented_run_resumes_with_its_own_order_and_augmentations():
     config = TrainConfig("backup1", batch_size=16, recipe="tuned-flip")
-    fresh = _first_batch(config, 0)
-    assert np.array_equal(fresh, _first_batch(config, 0))  # seeded
-    assert not np.array_equal(fresh, _first_batch(config, 3))  # not epoch 1 replayed
+    fresh = _first_batch(config, 0)[0]
+    assert np.array_equal(fresh, _first_batch(config, 0)[0])  # seeded
+    assert not np.array_equal(fresh, _first_batch(config, 3)[0])  # not epoch 1 replayed
 
 
 def test_flip_only_augmentation_moves_no_pixel_off_its_row():
     assert RECIPES["tuned-flip"].augment and RECIPES["tuned-flip"].shift == 0
-    batch = _first_batch(TrainConfig("backup1", batch_size=64, recipe="tuned-flip"), 0)
+    batch = _first_batch(TrainConfig("backup1", batch_size=64, recipe="tuned-flip"), 0)[0]
     rows = np.sort(batch.reshape(64, 28, 28), axis=2)  # a flip only reorders a row
-    originals = np.arange(64 * 784, dtype=np.float32).reshape(64, 28, 28) / (64 * 784)
-    assert {tuple(r.ravel()) for r in rows} <= {tuple(o.ravel()) for o in originals}
+    originals = np.sort(_images().astype(np.float32) / 255.0, axis=2)
+    assert {r.tobytes() for r in rows} <= {o.tobytes() for o in originals}
+    assert {r.tobytes() for r in rows} == {o.tobytes() for o in originals}  # every image once
 
 
-def test_an_unaugmented_run_feeds_arrays_that_keras_shuffles():
-    images, targets = np.zeros((8, 28, 28, 1), np.float32), np.zeros(8, np.int32)
-    args = training_data(images, targets, TrainConfig("backup1", recipe="tuned"))
-    assert args["x"] is images and args["shuffle"] and args["batch_size"] == 64
+def test_an_unaugmented_run_feeds_every_image_scaled_once_per_epoch_in_a_new_order():
+    config = TrainConfig("backup1", batch_size=64, recipe="tuned", augment=False)
+    x, y = _first_batch(config, 0)
+    assert x.shape == (64, 28, 28, 1) and x.dtype == np.float32 and x.max() <= 1.0
+    assert y.shape == (64, 10)  # label smoothing needs one-hot targets
+    by_image = {img.tobytes(): i for i, img in enumerate(_images().astype(np.float32) / 255.0)}
+    order = [by_image[img.reshape(28, 28).tobytes()] for img in x]
+    assert sorted(order) == list(range(64)) and order != list(range(64))  # shuffled
+    assert [int(np.argmax(t)) for t in y] == [i % 10 for i in order]  # labels follow
+    seed = TrainConfig("backup1", batch_size=64, recipe="seed").with_recipe_defaults()
+    assert next(iter(training_data(_images(), np.arange(64) % 10, seed)))[1].shape == (64,)
 
 
 class _Interrupt(Exception):
