@@ -113,7 +113,7 @@ def yardstick_rows(config: BenchConfig, rows: list[dict], progress: Callable) ->
         progress(
             f"[benchmark] {config.model} {variant} benchmark_app {row['mode']} "
             f"bs{row['batch_size']}: median {figures['median_ms']:.3f} ms, {rate:,.0f} img/s "
-            f"({figures['streams']} streams, {figures['threads']} threads)"
+            f"(streams {figures['streams']}, threads {figures['threads']})"
         )
         out.append(
             {
