@@ -12,6 +12,9 @@ benchmark command uses:
   int8 / f32 images/s, batch 256      both in throughput mode; target >= 2 (main)
   ours / benchmark_app images/s       throughput hint, each batch size; target >= 0.8
 
+The latency pair times the engine in this process; ``benchmarks/bench_latency.py``
+times the benchmark command itself, worker process and all, against benchmark_app.
+
 A shared machine drifts over seconds, so each ratio is formed from one pair measured
 back to back (the order alternates between rounds) and the median over rounds is
 reported beside every round's value. Nothing is written into the run. Each model's

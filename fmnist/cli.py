@@ -387,15 +387,24 @@ def optimize_command(
 )
 @click.option("--batch-sizes", default="1,32,256", show_default=True, help="Throughput batches.")
 @click.option(
-    "--iterations", type=int, default=1000, show_default=True, help="Timed calls at most."
+    "--iterations",
+    type=int,
+    default=None,
+    help="Timed calls at most [default: as many as --max-seconds allows].",
 )
-@click.option("--warmup", type=int, default=50, show_default=True, help="Untimed calls first.")
+@click.option(
+    "--warmup",
+    type=int,
+    default=50,
+    show_default=True,
+    help="Untimed calls first, at least; warm-up also lasts a tenth of --max-seconds.",
+)
 @click.option(
     "--max-seconds",
     type=float,
     default=10.0,
     show_default=True,
-    help="Time budget per measurement (slow variants stop early).",
+    help="Time each measurement this long (at least --min-iterations calls).",
 )
 @click.option(
     "--min-iterations", type=int, default=10, show_default=True, help="Timed calls at least."
