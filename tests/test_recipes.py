@@ -155,3 +155,20 @@ def test_each_fast_recipe_learns_in_a_short_real_run(
     assert entry["training_precision"] == expected and entry["native_bf16"] == has_native_bf16()
     assert entry["images_per_second"] > 0
     assert history["lr"].iloc[-1] == pytest.approx(0.0, abs=1e-8)  # the cycle ended at zero
+
+
+@pytest.mark.slow
+def test_the_training_benchmark_measures_in_a_process_of_its_own():
+    from fmnist.architectures import create_model
+    from fmnist.bench.training import in_subprocess, training_flops_per_image
+
+    measured = in_subprocess("train", "backup1", "float32", "32", "1")
+    assert measured["precision"] == "float32" and measured["steps"] >= 10
+    assert measured["flops_per_image"] == training_flops_per_image(create_model("backup1"))
+    assert measured["images_per_second"] > 0
+    assert measured["gflops"] == pytest.approx(
+        measured["images_per_second"] * measured["flops_per_image"] / 1e9
+    )
+    assert in_subprocess("gemm", "float32", "0.2")["gflops"] > 0
+    with pytest.raises(RuntimeError, match="unknown measurement 'nothing'"):
+        in_subprocess("nothing")
