@@ -63,12 +63,14 @@ def test_unknown_model_is_a_one_line_error(tmp_path):
 
 
 def test_unknown_recipe_is_a_one_line_error(tmp_path):
-    args = ["train", "--model", "backup1", "--recipe", "fast", "--out", str(tmp_path)]
+    args = ["train", "--model", "backup1", "--recipe", "fastest", "--out", str(tmp_path)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "error: unknown recipe 'fast'; valid: seed, tuned, tuned-wd, tuned-flip, quick"
+        "error: unknown recipe 'fastest'; valid recipes: seed, tuned, tuned-wd, tuned-flip, "
+        "quick, fast"
     ]
+    assert not (tmp_path / "models").exists()  # refused before any data is loaded
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path):
