@@ -38,7 +38,8 @@ from fmnist.bench.latency import measure_latency, measure_throughput, seed_predi
 from fmnist.bench.workers import benchmark_images
 from fmnist.bench.yardstick import run_benchmark_app
 from fmnist.engines import create_engine
-from fmnist.io import RunLayout, read_manifest
+from fmnist.io import RunLayout
+from fmnist.manifest import manifest_dict
 from fmnist.system import machine_info
 
 MODELS = ("main", "backup1", "backup2")
@@ -148,7 +149,7 @@ def meets(value: float, target: str) -> bool:
 
 def int8_origin(run: str, model: str) -> str:
     """How the model's INT8 IR was made, from the manifest: method, check verdict, f32 layers."""
-    record = (read_manifest(Path(run)).get("openvino", {}).get(model) or {}).get("int8") or {}
+    record = (manifest_dict(Path(run)).get("openvino", {}).get(model) or {}).get("int8") or {}
     if not record:
         return "int8: no record in the manifest"
     precisions = record.get("layer_precisions") or {}

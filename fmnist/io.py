@@ -251,14 +251,3 @@ def enclosing_run(path: Path | str) -> Path | None:
         if RunLayout(candidate).manifest.is_file():
             return candidate
     return None
-
-
-def read_manifest(run: Path | str) -> dict[str, Any]:
-    """The run's manifest as its plain JSON object (``{}`` when none), read by its owner.
-
-    :mod:`fmnist.manifest` owns the file; prefer its typed
-    :func:`fmnist.manifest.read_manifest`.
-    """
-    from fmnist.manifest import manifest_dict
-
-    return manifest_dict(run)

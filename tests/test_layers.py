@@ -30,7 +30,11 @@ LAYERS = {
     "architectures": 1,
     "plots": 1,
     "probabilities": 1,
+    "recipes": 1,
+    "training_data": 1,
     "io": 0,
+    "faults": 0,
+    "manifest": 0,
     "system": 0,
     "jobenv": 0,
     "nodetypes": 0,
@@ -40,8 +44,8 @@ LAYERS = {
 # Within the two lowest layers, modules import one another in this order only; the
 # stages of one layer (train, scoring, bench, ...) never import each other.
 WITHIN_LAYER_ORDER = {
-    0: ("__init__", "io", "system", "resources", "nodetypes", "jobenv"),
-    1: ("probabilities", "data", "architectures", "plots"),
+    0: ("__init__", "io", "faults", "system", "manifest", "resources", "nodetypes", "jobenv"),
+    1: ("probabilities", "data", "architectures", "plots", "training_data", "recipes"),
 }
 
 

@@ -148,12 +148,12 @@ def test_each_fast_recipe_learns_in_a_short_real_run(
     images, labels = to_model_input(dataset.test.images[:1000]), dataset.test.labels[:1000]
     predicted = saved.predict(images, verbose=0).argmax(axis=1)
     assert (predicted == labels).mean() >= accuracy
-    from fmnist.io import read_manifest
+    from fmnist.manifest import read_manifest
 
-    entry = read_manifest(tmp_path)["models"][model]
+    entry = read_manifest(tmp_path).models[model]
     expected = "mixed_bfloat16" if has_native_bf16() else "float32"
-    assert entry["training_precision"] == expected and entry["native_bf16"] == has_native_bf16()
-    assert entry["images_per_second"] > 0
+    assert entry.training_precision == expected and entry.native_bf16 == has_native_bf16()
+    assert entry.images_per_second > 0
     assert history["lr"].iloc[-1] == pytest.approx(0.0, abs=1e-8)  # the cycle ended at zero
 
 
