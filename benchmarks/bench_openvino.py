@@ -12,6 +12,9 @@ benchmark command uses:
   int8 / f32 images/s, batch 256      both in throughput mode; target >= 2 (main)
   ours / benchmark_app images/s       throughput hint, each batch size; target >= 0.8
 
+The latency pair times the engine in this process; ``benchmarks/bench_latency.py``
+times the benchmark command itself, worker process and all, against benchmark_app.
+
 A shared machine drifts over seconds, so each ratio is formed from one pair measured
 back to back (the order alternates between rounds) and the median over rounds is
 reported beside every round's value. Nothing is written into the run. Each model's
@@ -35,7 +38,8 @@ from fmnist.bench.latency import measure_latency, measure_throughput, seed_predi
 from fmnist.bench.workers import benchmark_images
 from fmnist.bench.yardstick import run_benchmark_app
 from fmnist.engines import create_engine
-from fmnist.io import RunLayout, read_manifest
+from fmnist.io import RunLayout
+from fmnist.manifest import manifest_dict
 from fmnist.system import machine_info
 
 MODELS = ("main", "backup1", "backup2")
@@ -145,7 +149,7 @@ def meets(value: float, target: str) -> bool:
 
 def int8_origin(run: str, model: str) -> str:
     """How the model's INT8 IR was made, from the manifest: method, check verdict, f32 layers."""
-    record = (read_manifest(Path(run)).get("openvino", {}).get(model) or {}).get("int8") or {}
+    record = (manifest_dict(Path(run)).get("openvino", {}).get(model) or {}).get("int8") or {}
     if not record:
         return "int8: no record in the manifest"
     precisions = record.get("layer_precisions") or {}

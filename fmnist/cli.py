@@ -256,26 +256,27 @@ def train_command(model, out, epochs, batch_size, limit, seed, patience, recipe,
     """
     from fmnist.train_stop import CONTINUE_EXIT, TrainingStopped, catch_early
 
-    catch_early()  # before TensorFlow's import: a job's walltime may come that early
-    from fmnist.train import TrainConfig, train_model, train_summary
+    # From before TensorFlow's import: a job's walltime may come that early.
+    with catch_early():
+        from fmnist.train import TrainConfig, train_model, train_summary
 
-    config = TrainConfig(
-        model=model,
-        epochs=epochs,
-        batch_size=batch_size,
-        limit=limit,
-        seed=seed,
-        patience=patience,
-        recipe=recipe,
-        augment=augment,
-        data_dir=data_dir,
-    )
-    try:
-        result = train_model(config, out or default_run_dir(), progress=_progress)
-    except TrainingStopped as stopped:
-        # A job's walltime: the next attempt (or the same command again) goes on from here.
-        click.echo(f"train {model}: {stopped}", err=True)
-        sys.exit(CONTINUE_EXIT)
+        config = TrainConfig(
+            model=model,
+            epochs=epochs,
+            batch_size=batch_size,
+            limit=limit,
+            seed=seed,
+            patience=patience,
+            recipe=recipe,
+            augment=augment,
+            data_dir=data_dir,
+        )
+        try:
+            result = train_model(config, out or default_run_dir(), progress=_progress)
+        except TrainingStopped as stopped:
+            # A job's walltime: the next attempt (or the same command again) goes on from here.
+            click.echo(f"train {model}: {stopped}", err=True)
+            sys.exit(CONTINUE_EXIT)
     _record_job(out or default_run_dir(), f"train {model}")
     click.echo(train_summary(model, result))
 
@@ -301,6 +302,8 @@ def evaluate_command(run, model, variant, limit, skip_unsupported, data_dir):
 
     The keras-onednn-* variants run where TF_ENABLE_ONEDNN_OPTS was set before
     TensorFlow's import: in this process when possible, else in a fresh one.
+    The model's files must have the SHA-256 the run's manifest recorded (else see
+    `fmnist-batch adopt`).
 
     \b
     Example:
@@ -366,6 +369,7 @@ def optimize_command(
     Writes RUN/models/<model>/openvino/f32/model.xml (+ .bin) and, with --int8,
     .../int8/model.xml, checked against f32 on validation images (accuracy, loss, mean
     confidence, mean |Δp|); SHA-256s and the check's figures go into the manifest.
+    model.keras must have the SHA-256 train recorded (else see `fmnist-batch adopt`).
 
     \b
     Example:
@@ -408,15 +412,24 @@ def optimize_command(
 )
 @click.option("--batch-sizes", default="1,32,256", show_default=True, help="Throughput batches.")
 @click.option(
-    "--iterations", type=int, default=1000, show_default=True, help="Timed calls at most."
+    "--iterations",
+    type=int,
+    default=None,
+    help="Timed calls at most [default: as many as --max-seconds allows].",
 )
-@click.option("--warmup", type=int, default=50, show_default=True, help="Untimed calls first.")
+@click.option(
+    "--warmup",
+    type=int,
+    default=50,
+    show_default=True,
+    help="Untimed calls first, at least; warm-up also lasts a tenth of --max-seconds.",
+)
 @click.option(
     "--max-seconds",
     type=float,
     default=10.0,
     show_default=True,
-    help="Time budget per measurement (slow variants stop early).",
+    help="Time each measurement this long (at least --min-iterations calls).",
 )
 @click.option(
     "--min-iterations", type=int, default=10, show_default=True, help="Timed calls at least."
@@ -449,6 +462,8 @@ def benchmark_command(
 
     Each oneDNN setting runs in its own worker process; keras-predict is timed the
     seed's way (model.predict on one image). Prints a summary with speedups.
+    The model's files must have the SHA-256 the run's manifest recorded (else see
+    `fmnist-batch adopt`).
 
     \b
     Example:
@@ -735,6 +750,8 @@ def score_command(
 
     Each shard writes part-I-of-N.parquet, rejects-I-of-N.parquet and a success
     marker; running the same command again skips finished shards.
+    The model's files must have the SHA-256 the run's manifest recorded (else see
+    `fmnist-batch adopt`).
 
     \b
     Example:
@@ -794,6 +811,32 @@ def _echo_shard_results(results) -> None:
             f"rejected, {result.rows_per_second:.0f} rows/s, peak RSS "
             f"{result.peak_rss_bytes / 2**20:.0f} MiB -> {result.part}"
         )
+
+
+@main.command("adopt")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.argument("files", nargs=-1, required=True)
+@click.option("--reason", default="", help="Why the files are adopted; kept in the manifest.")
+def adopt_command(run, files, reason):
+    """Accept model files as they are now: record their SHA-256 in the run's manifest.
+
+    score, evaluate, benchmark and optimize refuse a model file whose SHA-256 is not
+    the one train or optimize recorded. Adopt a file you replaced on purpose (or
+    re-run train or optimize instead); the previous hash, the time and --reason stay
+    in the manifest under adopted.<file>. FILES are model.keras or an IR's model.xml
+    and model.bin, relative to RUN or absolute.
+
+    \b
+    Example:
+      fmnist-batch adopt outputs/quick models/backup1/model.keras --reason "retrained, seed 1"
+      fmnist-batch adopt outputs/quick models/main/openvino/int8/model.xml \\
+          models/main/openvino/int8/model.bin
+    """
+    from fmnist.manifest import SHA_PREFIX, adopt_model_files
+
+    for path, previous, found in adopt_model_files(run, files, reason):
+        was = f"was {previous[:SHA_PREFIX]}" if previous else "not recorded before"
+        click.echo(f"adopted {path}: sha256 {found[:SHA_PREFIX]} ({was})")
 
 
 @main.command("verify")

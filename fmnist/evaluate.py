@@ -346,6 +346,11 @@ def _main(argv: list[str]) -> int:
     except FmnistError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full disk, a read-only run: one line, as the CLI prints it
+        from fmnist.faults import describe
+
+        print(f"error: {describe(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -128,13 +128,24 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:  # the directory is read-only, full or not ours: say which
+        raise OSError(exc.errno, exc.strerror, str(target.parent)) from exc
     os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as exc:
+        # A full disk or a lost mount while writing: name the file being written, not
+        # its temporary name; where the error names no file (pyarrow's writers), the
+        # directory, since the body may be writing other files there too.
+        if exc.errno is not None and exc.filename in (None, tmp_name, str(tmp)):
+            where = target.parent if exc.filename is None else target
+            raise OSError(exc.errno, exc.strerror or str(exc), str(where)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -191,19 +202,21 @@ def sha256_file(path: Path | str) -> str:
 _HASHED: dict[tuple, str] = {}
 
 
-def sha256_cached(path: Path | str) -> str:
-    """SHA-256 of one file, hashed once per process while the file stays the same.
+def sha256_cached(*paths: Path | str) -> str:
+    """:func:`sha256_files` of ``paths``, hashed once per process while the files stay the same.
 
-    The key is the file's identity and last change (device, inode, size, mtime), so a
-    file replaced or rewritten in place since is hashed again. A model of 150 MB takes
-    a fraction of a second to hash; commands that check several variants, or score
-    many shards, pay it once.
+    The key is each file's identity and last change (device, inode, size, mtime, ctime),
+    so a file replaced or rewritten in place since is hashed again. A model of 150 MB
+    takes a fraction of a second to hash; commands that check several variants of one
+    model, or score many shards, pay it once.
     """
-    status = os.stat(path)
-    key = (str(Path(path).resolve()), status.st_dev, status.st_ino, status.st_size)
-    key += (status.st_mtime_ns, status.st_ctime_ns)
+    key: tuple = ()
+    for path in paths:
+        status = os.stat(path)
+        key += (str(Path(path).resolve()), status.st_dev, status.st_ino, status.st_size)
+        key += (status.st_mtime_ns, status.st_ctime_ns)
     if key not in _HASHED:
-        _HASHED[key] = sha256_file(path)
+        _HASHED[key] = sha256_files(*paths)
     return _HASHED[key]
 
 

@@ -59,11 +59,9 @@ class TrainingRecord:
     wall_seconds: float | None = None
     resumed_from_epoch: int | None = None
     params: int | None = None
-    # Keras' dtype policy the epochs ran under (mixed_bfloat16 only where the CPU runs
-    # bf16 natively), and the training speed of the epochs this run trained.
-    training_precision: str | None = None
-    native_bf16: bool | None = None
-    images_per_second: float | None = None
+    training_precision: str | None = None  # Keras' dtype policy the epochs ran under
+    native_bf16: bool | None = None  # whether the CPU ran bf16 natively
+    images_per_second: float | None = None  # training images per second of the epochs run
 
     @classmethod
     def from_dict(cls, entry: Any) -> TrainingRecord:
@@ -332,7 +330,12 @@ def record_job_entry(
 
 
 def _relative(layout: RunLayout, path: Path) -> str:
-    return Path(path).resolve().relative_to(layout.root.resolve()).as_posix()
+    """``path`` relative to the run, as the manifest names it (a ValueError outside it)."""
+    try:
+        # As given first: a run whose models/ is a symbolic link elsewhere still counts.
+        return Path(path).relative_to(layout.root).as_posix()
+    except ValueError:
+        return Path(path).resolve().relative_to(layout.root.resolve()).as_posix()
 
 
 def model_files(artifact: Path | str) -> list[Path]:

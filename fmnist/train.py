@@ -280,10 +280,16 @@ class _EpochRecorder:
         return Recorder(*args, **kwargs)
 
 
-def save_atomic(path: Path, saver: Callable[[Path], None]) -> None:
+def save_atomic(
+    path: Path,
+    saver: Callable[[Path], None],
+    before_rename: Callable[[Path], None] | None = None,
+) -> None:
     """Save through a Keras saver (``model.save``, ``save_weights``) atomically.
 
     Keras picks the format from the file name, so the temporary file keeps the suffix.
+    ``before_rename`` gets the saved temporary file before it takes ``path``'s name; when
+    it raises, ``path`` is left as it was.
     """
     suffix = ".weights.h5" if path.name.endswith(".weights.h5") else path.suffix
     with atomic_path(path) as tmp:
@@ -293,6 +299,8 @@ def save_atomic(path: Path, saver: Callable[[Path], None]) -> None:
             keras_tmp.replace(tmp)
         finally:
             keras_tmp.unlink(missing_ok=True)
+        if before_rename is not None:
+            before_rename(tmp)
 
 
 def resume_seed(seed: int, start_epoch: int) -> int:
@@ -353,9 +361,12 @@ def train_model(
             _fit(start, config, recipe, splits, checkpoint, progress, stop)
         if recipe.restore_best and (checkpoint / "best.weights.h5").exists():
             start.model.load_weights(checkpoint / "best.weights.h5")
-    result = _write_model(layout, config.model, recipe, start, started)
-    record = _training_record(config, recipe, splits, result, precision)
-    record_training(layout.root, config.model, record)
+
+    def record(result: TrainResult) -> None:
+        training = _training_record(config, recipe, splits, result, precision)
+        record_training(layout.root, config.model, training)
+
+    result = _write_model(layout, config.model, recipe, start, started, record)
     if start.epoch < config.epochs:
         shutil.rmtree(checkpoint, ignore_errors=True)
     # Else this call only wrote out a run stopped early (--epochs <= epochs done): the
@@ -543,29 +554,44 @@ def inference_copy(model, name: str, recipe: Recipe):
 
 
 def _write_model(
-    layout: RunLayout, model: str, recipe: Recipe, start: _Start, started: float
+    layout: RunLayout,
+    model: str,
+    recipe: Recipe,
+    start: _Start,
+    started: float,
+    record: Callable[[TrainResult], None],
 ) -> TrainResult:
     """Write the trained model, its history and its training curves; what the run produced.
 
-    The wall time is the epochs' own; a run that trained no epoch counts from ``started``.
+    ``record`` gets the result (with the model's SHA-256) before model.keras takes its
+    name: a model.keras on disk always has its record, and a record that cannot be
+    written leaves no model.keras (the checkpoint stays, to write it again). The wall
+    time is the epochs' own; a run that trained no epoch counts from ``started``.
     """
     history = pd.DataFrame(start.rows, columns=HISTORY_COLUMNS)
     model_path = layout.keras_model(model)
-    save_atomic(model_path, inference_copy(start.model, model, recipe).save)
     write_parquet_atomic(layout.history(model), history)
     wall = float(history["seconds"].sum()) if len(history) else time.perf_counter() - started
 
     from fmnist.plots import plot_training_curves
 
     plot_training_curves(history, model, layout.figures_dir / f"{model}__curves.png")
-    return TrainResult(
-        model_path=model_path,
-        history=history,
-        wall_seconds=wall,
-        sha256=sha256_file(model_path),
-        resumed_from_epoch=start.epoch,
-        best_epoch=start.best.get("epoch"),
-    )
+    results: list[TrainResult] = []
+
+    def publish(saved: Path) -> None:
+        result = TrainResult(
+            model_path=model_path,
+            history=history,
+            wall_seconds=wall,
+            sha256=sha256_file(saved),
+            resumed_from_epoch=start.epoch,
+            best_epoch=start.best.get("epoch"),
+        )
+        record(result)
+        results.append(result)
+
+    save_atomic(model_path, inference_copy(start.model, model, recipe).save, before_rename=publish)
+    return results[0]
 
 
 def _training_record(

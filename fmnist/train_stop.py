@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import signal
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -68,11 +69,18 @@ def clear_position(checkpoint: Path) -> None:
 _early: list[bool] = []  # a SIGTERM caught by catch_early() before a StopRequest ran
 
 
-def catch_early() -> None:
+@contextmanager
+def catch_early():
     """Catch SIGTERM from the start of a command (its imports and data loading take a
     while on a busy node): the StopRequest that follows sees it, so the training stops
-    after its first batch instead of dying with nothing saved."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: _early.append(True))
+    after its first batch instead of dying with nothing saved. The handler that was there
+    comes back at the end (a command run in-process leaves its caller as it was)."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _early.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _early.clear()
 
 
 class StopRequest:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -16,20 +16,36 @@ from click.testing import CliRunner
 from conftest import run_with_model
 
 from fmnist.bench.config import BenchConfig, parse_batch_sizes, parse_variants
-from fmnist.bench.latency import latency_stats, time_calls
+from fmnist.bench.latency import (
+    LATENCY_ROUNDS,
+    latency_stats,
+    round_medians,
+    time_calls,
+    warm_up,
+)
 from fmnist.bench.summary import summary_table
-from fmnist.bench.timings import COLUMNS, local_job_id, timings_frame, write_timings
+from fmnist.bench.timings import (
+    COLUMNS,
+    local_job_id,
+    measured_row,
+    timings_frame,
+    write_timings,
+)
 from fmnist.bench.workers import process_groups
-from fmnist.bench.yardstick import parse_benchmark_app
+from fmnist.bench.yardstick import benchmark_app_command, parse_benchmark_app
 from fmnist.cli import main
+from fmnist.data import to_model_input
+from fmnist.engines import create_engine, variant_artifact
 from fmnist.engines.int8_check import Int8Bounds
-from fmnist.engines.openvino import cpu_capabilities
+from fmnist.engines.openvino import compile_ir, cpu_capabilities
 from fmnist.engines.optimize import OptimizeConfig, optimize_model
 from fmnist.io import FmnistError, RunLayout
 from fmnist.pipeline.jobenv import file_job_id, parse_job_environment
 
 BENCHMARK_APP_REPORT = """
 [Step 11/11] Dumping statistics report
+[ INFO ]   NUM_STREAMS: 1
+[ INFO ]   INFERENCE_NUM_THREADS: 2
 [ INFO ] Execution Devices:['CPU']
 [ INFO ] Count:            6659 iterations
 [ INFO ] Duration:         3019.65 ms
@@ -62,14 +78,89 @@ def test_latency_stats_percentiles_and_rate():
         latency_stats([], 1)
 
 
+class FakeClock:
+    """A clock that only the timed calls advance, each by ``step`` seconds."""
+
+    def __init__(self, step: float):
+        self.now, self.step, self.calls = 0.0, step, 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def call(self, x) -> None:
+        self.now += self.step
+        self.calls += 1
+
+
 def test_time_calls_warms_up_and_respects_the_budget():
     calls = []
     config = BenchConfig("r", "m", iterations=50, warmup=5, max_seconds=0.0, min_iterations=3)
     times = time_calls(calls.append, [np.zeros(1), np.ones(1)], config)
     assert len(times) == 3  # budget exhausted: stop at the minimum
     assert len(calls) == 3 + 3  # warm-up also stops early once past the budget (>= 3 calls)
-    config = BenchConfig("r", "m", iterations=20, warmup=2, max_seconds=60, min_iterations=3)
-    assert len(time_calls(lambda x: None, [np.zeros(1)], config)) == 20
+    assert [float(x[0]) for x in calls] == [0, 1, 0, 0, 1, 0]  # inputs in turn, both phases
+
+
+def test_latency_is_timed_for_the_whole_budget_after_a_tenth_of_it_warming_up():
+    # A 1 ms call and a 10 s budget: no call count cuts the window short by default.
+    clock = FakeClock(0.001)
+    config = BenchConfig("r", "m", warmup=50, max_seconds=10.0)
+    assert config.iterations is None
+    assert warm_up(clock.call, [np.zeros(1)], config, clock) == 1000  # 1 s, not 50 calls
+    clock = FakeClock(0.001)
+    times = time_calls(clock.call, [np.zeros(1)], config, clock)
+    assert clock.calls == 1000 + len(times)
+    assert len(times) == pytest.approx(10_000, abs=2) and sum(times) == pytest.approx(10.0, 1e-3)
+    # A cap, when given, still stops the window.
+    capped = BenchConfig("r", "m", iterations=20, warmup=50, max_seconds=10.0)
+    clock = FakeClock(0.001)
+    assert len(time_calls(clock.call, [np.zeros(1)], capped, clock)) == 20
+    # --warmup 0 times from the first call.
+    clock = FakeClock(0.001)
+    assert warm_up(clock.call, [np.zeros(1)], BenchConfig("r", "m", warmup=0), clock) == 0
+
+
+def test_a_slow_variant_warms_up_for_a_quarter_of_the_budget_at_most():
+    clock = FakeClock(1.0)  # keras-predict-like: a second a call
+    config = BenchConfig("r", "m", warmup=50, max_seconds=10.0, min_iterations=5)
+    assert warm_up(clock.call, [np.zeros(1)], config, clock) == 3  # 3 s > 2.5 s: stop
+    clock = FakeClock(1.0)
+    times = time_calls(clock.call, [np.zeros(1)], config, clock)
+    assert len(times) == 11  # the call that crosses the 10 s deadline is the last
+
+
+def test_round_medians_split_the_window_into_consecutive_slices():
+    seconds = [i / 1000 for i in range(1, 11)]  # 1..10 ms
+    assert round_medians(seconds, 5) == pytest.approx((1.5, 3.5, 5.5, 7.5, 9.5))
+    assert round_medians(seconds, 3) == pytest.approx((2.5, 6.0, 9.0))  # sizes 4, 3, 3
+    assert round_medians(seconds[:2], 5) == pytest.approx((1.0, 2.0))  # fewer calls
+    assert round_medians([], 5) == () and round_medians(seconds, 0) == ()
+    stats = latency_stats(seconds, 1, rounds=LATENCY_ROUNDS)
+    assert stats.round_p50_ms == pytest.approx((1.5, 3.5, 5.5, 7.5, 9.5))
+    assert latency_stats(seconds, 1).round_p50_ms == ()  # throughput rows: no rounds
+
+
+def test_measured_row_records_the_rounds_and_extra_details():
+    engine = SimpleNamespace(
+        info=SimpleNamespace(executed_precision="f32", threads=2, details={"streams": 1})
+    )
+    stats = latency_stats([0.001, 0.002, 0.003, 0.004], 1, rounds=2)
+    row = measured_row("openvino-f32", engine, "engine.predict", "latency", 1, stats, {"x": 1})
+    assert "round_p50_ms" not in row  # not a column: in the details
+    assert json.loads(row["details"]) == {"streams": 1, "round_p50_ms": [1.5, 3.5], "x": 1}
+    assert row["p50_ms"] == pytest.approx(2.5) and row["iterations"] == 4
+    frame = timings_frame([row], {"run": "/r", "job_id": "j", "model": "backup1"})
+    assert json.loads(frame["details"].iloc[0])["round_p50_ms"] == [1.5, 3.5]
+    plain = measured_row("openvino-f32", engine, "m", "throughput", 8, latency_stats([0.1], 8))
+    assert json.loads(plain["details"]) == {"streams": 1}
+
+
+def test_benchmark_app_runs_from_this_interpreter():
+    # The OpenVINO our engines import, also where no benchmark_app script was installed.
+    command = benchmark_app_command()
+    assert command[0] == sys.executable
+    result = subprocess.run([*command, "-h"], capture_output=True, text=True)
+    assert result.returncode == 0 and "-infer_precision" in result.stdout
 
 
 def test_parse_benchmark_app_report():
@@ -79,7 +170,11 @@ def test_parse_benchmark_app_report():
         "median_ms": pytest.approx(0.09863),
         "mean_ms": pytest.approx(1.41),
         "images_per_second": pytest.approx(2205.22),
+        "streams": 1,
+        "threads": 2,
     }
+    older = parse_benchmark_app(BENCHMARK_APP_REPORT.replace("NUM_STREAMS", "STREAMS"))
+    assert older["streams"] is None and older["threads"] == 2
     with pytest.raises(FmnistError, match="no median_ms"):
         parse_benchmark_app("[ INFO ] Count: 3 iterations")
 
@@ -124,7 +219,8 @@ def _rows():
          "iterations": 10, "threads": 2},
         {**ok, "variant": "openvino-f32", "mode": "latency", "batch_size": 1, "p50_ms": 0.1,
          "p90_ms": 0.2, "p99_ms": 0.3, "mean_ms": 0.12, "images_per_second": 8000.0,
-         "iterations": 1000, "threads": 2},
+         "iterations": 1000, "threads": 2,
+         "details": json.dumps({"round_p50_ms": [0.101, 0.097, 0.1, 0.125, 0.099]})},
         {**ok, "variant": "openvino-f32", "mode": "throughput", "batch_size": 32,
          "p50_ms": 3.0, "p90_ms": 3.5, "p99_ms": 4.0, "mean_ms": 3.1,
          "images_per_second": 10000.0, "iterations": 100, "threads": 2},
@@ -143,6 +239,10 @@ def test_timings_frame_has_the_design_columns_and_types():
     assert skipped["status"] == "skipped" and np.isnan(skipped["p50_ms"])
     table = summary_table(frame)
     assert "500.0x" in table  # openvino-f32 p50 0.1 ms against keras-predict's 50 ms
+    [f32] = [line for line in table.splitlines() if line.startswith("openvino-f32")]
+    assert "0.100     0.200     0.300      0.097-0.125" in f32  # p50, p90, p99, rounds
+    [keras] = [line for line in table.splitlines() if line.startswith("keras-predict")]
+    assert "60.000    70.000                -" in keras  # no rounds recorded: a dash
     assert "openvino-bf16     skipped: no bf16 here" in table
 
 
@@ -220,8 +320,7 @@ def test_evaluate_runs_both_onednn_variants(trained_run, tmp_path):
 @pytest.fixture(scope="module")
 def ir_run(trained_run, tmp_path_factory):
     """backup1 of the trained run with its f32 and INT8 IRs."""
-    run = tmp_path_factory.mktemp("bench") / "run"
-    shutil.copytree(trained_run / "models" / "backup1", run / "models" / "backup1")
+    run = run_with_model(trained_run, "backup1", tmp_path_factory.mktemp("bench"))
     # Any INT8 will do: this is about timing it.
     bounds = Int8Bounds(
         max_drop=1.0, max_loss_change=1e9, max_confidence_change=1.0, max_mean_abs_dp=1.0
@@ -272,6 +371,10 @@ def test_benchmark_cli_writes_timings_with_the_yardstick(ir_run, monkeypatch):
     details = json.loads(f32["details"])
     assert details["batch_1_static"] is True and details["performance_hint"] == "LATENCY"
     assert 0 < details["runtime_p50_ms"] <= f32["p50_ms"]  # the runtime's share of a call
+    # The window's rounds: five consecutive slices, for every variant's latency row.
+    for _, row in ours[ours["mode"] == "latency"].iterrows():
+        rounds = json.loads(row["details"])["round_p50_ms"]
+        assert len(rounds) == 5 and all(r > 0 for r in rounds), row["variant"]
     onednn = json.loads(ours.loc[ours["variant"] == "keras-onednn-on", "details"].iloc[0])
     assert onednn["onednn"] is True
 
@@ -281,6 +384,11 @@ def test_benchmark_cli_writes_timings_with_the_yardstick(ir_run, monkeypatch):
     yard = ok[ok["source"] == "benchmark_app"]
     assert set(yard["variant"]) == openvino  # the yardstick beside every OpenVINO row we ran
     assert len(yard) == 3 * len(openvino) and (yard["iterations"] > 0).all()
+    # Like with like: benchmark_app's compiled model ran as many streams and threads as ours.
+    for _, row in yard[yard["mode"] == "latency"].iterrows():
+        mine = ours[(ours["variant"] == row["variant"]) & (ours["mode"] == "latency")].iloc[0]
+        assert row["threads"] == mine["threads"], row["variant"]
+        assert json.loads(row["details"])["streams"] == json.loads(mine["details"])["streams"]
 
     bf16 = frame[frame["variant"] == "openvino-bf16"]
     if has_bf16:
@@ -288,6 +396,25 @@ def test_benchmark_cli_writes_timings_with_the_yardstick(ir_run, monkeypatch):
         assert len(bf16[bf16["source"] == "fmnist"]) == 3
     else:
         assert list(bf16["status"]) == ["skipped"] and "bf16" in bf16["reason"].iloc[0]
+
+
+@pytest.mark.slow
+def test_latency_engine_results_are_the_compiled_models_and_never_shared(ir_run, dataset):
+    # The engine reads results from output arrays bound once to its requests: each call
+    # must still return its own copy, for batch 1 and for other sizes.
+    images = to_model_input(dataset.test.images[:16])
+    for variant, precision in (("openvino-f32", "f32"), ("openvino-int8", "f32")):
+        xml = variant_artifact(ir_run, "backup1", variant)
+        expected = compile_ir(xml, precision, "throughput")({0: images})[0]
+        engine = create_engine(ir_run, "backup1", variant, "latency")
+        singles = [engine.predict(images[i : i + 1]) for i in range(4)]
+        batch = engine.predict(images[:7])
+        again = engine.predict(images[4:5])
+        np.testing.assert_allclose(np.concatenate(singles), expected[:4], atol=1e-5)
+        np.testing.assert_allclose(batch, expected[:7], atol=1e-5)
+        np.testing.assert_allclose(again, expected[4:5], atol=1e-5)
+        np.testing.assert_allclose(singles[0], expected[:1], atol=1e-5)  # not overwritten
+        assert batch.shape == (7, 10) and batch.dtype == np.float32
 
 
 @pytest.mark.slow

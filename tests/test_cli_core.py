@@ -63,12 +63,14 @@ def test_unknown_model_is_a_one_line_error(tmp_path):
 
 
 def test_unknown_recipe_is_a_one_line_error(tmp_path):
-    args = ["train", "--model", "backup1", "--recipe", "fast", "--out", str(tmp_path)]
+    args = ["train", "--model", "backup1", "--recipe", "fastest", "--out", str(tmp_path)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "error: unknown recipe 'fast'; valid: seed, tuned, tuned-wd, tuned-flip, quick"
+        "error: unknown recipe 'fastest'; valid recipes: seed, tuned, tuned-wd, tuned-flip, "
+        "quick, fast"
     ]
+    assert not (tmp_path / "models").exists()  # refused before any data is loaded
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path):
@@ -81,8 +83,13 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path):
     path = RunLayout(tmp_path).keras_model("backup1")
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a zip")
-    result = CliRunner().invoke(main, ["evaluate", "--run", str(tmp_path), "--model", "backup1"])
-    assert result.exit_code == 1 and f"{path}: cannot load Keras model" in result.output
+    evaluate = ["evaluate", "--run", str(tmp_path), "--model", "backup1"]
+    result = CliRunner().invoke(main, evaluate)
+    assert result.exit_code == 1 and f"{path}: not recorded in " in result.output
+    assert CliRunner().invoke(main, ["adopt", str(tmp_path), str(path)]).exit_code == 0
+    result = CliRunner().invoke(main, evaluate)
+    assert result.exit_code == 1
+    assert f"error: {path}: cannot be read as a Keras model (truncated or corrupt)" in result.output
 
 
 def test_train_summary_reports_the_kept_epoch_not_the_last():

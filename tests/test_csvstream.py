@@ -430,3 +430,22 @@ def test_fingerprint_changes_with_the_content(tmp_path, real_csv):
     assert input_fingerprint(copy) != input_fingerprint(real_csv)
     os.truncate(copy, copy.stat().st_size - 10)
     assert input_fingerprint(copy) != input_fingerprint(real_csv)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("ending", ["\n\n\n\n\n", "\r\n\r\n", "\n  \n\t\n"])
+def test_blank_lines_that_end_the_file_are_no_rows(tmp_path, lines, compress, ending):
+    body = list(lines)
+    body[7] = ""  # an empty line inside the data stays a row, and a reject
+    text = ",".join(CSV_HEADER) + "\n" + "\n".join(body) + "\n" + ending
+    csv = inspect_csv(write(tmp_path / "blank-end.csv", text, compress))
+    assert count_data_rows(csv) == ROWS
+    if compress:
+        blocks = iter_gzip_blocks(csv, keep=lambda k: True, block_rows=50)
+    else:
+        blocks = iter_range_blocks(csv, csv.data_start, csv.end, 0, 1 << 12)
+        # Every shard's rows together are the data rows: the blank end is in none.
+        assert sum(rows_in_range(csv, a, b) for a, b in shard_bounds(csv, 3)) == ROWS
+    parsed = join_blocks([parse_block(block, csv) for block in blocks if block.data])
+    assert [(r.row_id, r.kind) for r in parsed.rejects] == [(7, "empty_line")]
+    assert np.array_equal(parsed.row_ids, np.delete(np.arange(ROWS), 7))

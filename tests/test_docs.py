@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 from pathlib import Path
 
 import click
@@ -121,6 +122,33 @@ def test_readme_opens_with_the_run_and_test_commands():
     ):
         assert step in blocks[0], f"the first bash block of README.md lacks {step!r}"
     assert ".venv/bin/python -m pytest -q" in blocks[1]
+
+
+@pytest.mark.parametrize("with_sudo", [False, True], ids=["root-without-sudo", "user-with-sudo"])
+def test_readme_first_command_runs_with_and_without_sudo(tmp_path, with_sudo):
+    # The first line as bash runs it, apt-get stubbed: in a root shell of a fresh machine
+    # (no sudo on PATH) and as a user whose PATH has sudo.
+    readme = README.read_text()
+    first_line = re.findall(r"```bash\n(.*?)\n```", readme, re.S)[0].splitlines()[0]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text('#!/bin/sh\necho "apt-get $*"\n')
+    if with_sudo:
+        (bin_dir / "sudo").write_text('#!/bin/sh\necho "sudo $*"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    result = subprocess.run(
+        ["/bin/bash", "-c", first_line],
+        env={"PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    prefix = "sudo apt-get" if with_sudo else "apt-get"
+    assert result.stdout.splitlines() == [
+        f"{prefix} update",
+        f"{prefix} install -y dataset-fashion-mnist python3-venv",
+    ]
 
 
 def test_readme_is_a_short_front_door():

@@ -81,7 +81,7 @@ def test_expand_fans_out_and_matches_needs_on_shared_placeholders(spec, tmp_path
 
 def test_the_project_pipeline_expands_for_both_profiles(tmp_path):
     pipeline = load_pipeline()
-    for profile in ("quick", "full"):
+    for profile in ("quick", "full", "peak"):
         tasks = expand(pipeline, profile, tmp_path)
         ids = [t.id for t in tasks]
         assert {"train:main", "train:backup1", "train:backup2"} <= set(ids)
@@ -93,7 +93,7 @@ def test_both_profiles_evaluate_and_benchmark_every_variant(tmp_path):
     # bf16 included: where the CPU has no native bf16, evaluate (--skip-unsupported) and
     # benchmark record it as skipped with the reason, so the report shows why, not a gap.
     pipeline = load_pipeline()
-    for profile in ("quick", "full"):
+    for profile in ("quick", "full", "peak"):
         tasks = expand(pipeline, profile, tmp_path)
         for model in ("main", "backup1", "backup2"):
             evaluated = {t.id.split(":")[2] for t in tasks if t.id.startswith(f"evaluate:{model}:")}

@@ -22,7 +22,7 @@ from fmnist.train import TrainConfig, due_for_validation, progress_line, train_m
 def test_fast_has_a_recipe_per_network_and_shared_ones_serve_every_network():
     fast = {name: recipe_for("fast", name) for name in ("main", "backup1", "backup2")}
     assert {r.schedule for r in fast.values()} == {"one-cycle"}
-    assert len({(r.epochs, r.learning_rate, r.batch_size) for r in fast.values()}) == 3
+    assert fast["main"] is not fast["backup1"] and fast["main"] != fast["backup1"]
     assert recipe_for("seed", "main") is recipe_for("seed", "backup2") is RECIPES["seed"]
     with pytest.raises(FmnistError, match="unknown recipe 'fastest'; valid recipes: seed"):
         recipe_for("fastest", "main")
@@ -148,10 +148,27 @@ def test_each_fast_recipe_learns_in_a_short_real_run(
     images, labels = to_model_input(dataset.test.images[:1000]), dataset.test.labels[:1000]
     predicted = saved.predict(images, verbose=0).argmax(axis=1)
     assert (predicted == labels).mean() >= accuracy
-    from fmnist.manifest import manifest_dict as read_manifest
+    from fmnist.manifest import read_manifest
 
-    entry = read_manifest(tmp_path)["models"][model]
+    entry = read_manifest(tmp_path).models[model]
     expected = "mixed_bfloat16" if has_native_bf16() else "float32"
-    assert entry["training_precision"] == expected and entry["native_bf16"] == has_native_bf16()
-    assert entry["images_per_second"] > 0
+    assert entry.training_precision == expected and entry.native_bf16 == has_native_bf16()
+    assert entry.images_per_second > 0
     assert history["lr"].iloc[-1] == pytest.approx(0.0, abs=1e-8)  # the cycle ended at zero
+
+
+@pytest.mark.slow
+def test_the_training_benchmark_measures_in_a_process_of_its_own():
+    from fmnist.architectures import create_model
+    from fmnist.bench.training import in_subprocess, training_flops_per_image
+
+    measured = in_subprocess("train", "backup1", "float32", "32", "1")
+    assert measured["precision"] == "float32" and measured["steps"] >= 10
+    assert measured["flops_per_image"] == training_flops_per_image(create_model("backup1"))
+    assert measured["images_per_second"] > 0
+    assert measured["gflops"] == pytest.approx(
+        measured["images_per_second"] * measured["flops_per_image"] / 1e9
+    )
+    assert in_subprocess("gemm", "float32", "0.2")["gflops"] > 0
+    with pytest.raises(RuntimeError, match="unknown measurement 'nothing'"):
+        in_subprocess("nothing")

@@ -227,3 +227,64 @@ def test_verify_names_a_missing_parquet_row_by_its_row_group(tmp_path, trained_r
     pq.write_table(table.filter(pa.compute.not_equal(table["row_id"], 250)), part)
     with pytest.raises(FmnistError, match=r"row 250 \(row group 3 of the input\) is neither"):
         verify_predictions(out)
+
+
+# --------------------------------------------------------------------------- input edges
+
+
+def test_blank_lines_at_the_end_of_a_csv_are_not_rows(tmp_path, trained_run, real_csv_factory):
+    # An editor's trailing newlines: 5 of them would be 2.5 % rejects of a 200-row file.
+    source = tmp_path / "trailing.csv"
+    source.write_text(real_csv_factory(200).read_text() + "\n" * 5)
+    out = tmp_path / "out"
+    result = cli_score(trained_run, source, out, "--shard", "all/2")
+    assert result.exit_code == 0, result.output
+    assert "200 input rows = 200 predicted + 0 rejected" in verify_line(out)
+
+
+def test_duplicate_parquet_columns_are_refused_in_one_line(tmp_path, trained_run, images_parquet):
+    path = images_parquet(tmp_path / "in.parquet", 20)
+    table = pq.read_table(path)
+    doubled = pa.Table.from_arrays(
+        [*table.columns, table.column("pixel1")], names=[*table.column_names, "pixel1"]
+    )
+    pq.write_table(doubled, path)
+    result = cli_score(trained_run, path, tmp_path / "out")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {path}: duplicate column names: pixel1 (2 times); each name must appear once"
+    ]
+
+
+def test_a_wholly_bad_parquet_file_is_refused_in_about_a_second(tmp_path, images_parquet):
+    import time
+
+    from fmnist.scoring.inputs import open_input
+    from fmnist.scoring.parquet_input import _reject, parse_batch
+
+    def spoil(pixels, labels):
+        pixels[:, 100] = 300  # every row: pixel101 above 255
+        pixels[::7, 3] = np.nan  # and some an earlier null (written as null)
+        labels[::5] = 12  # and some a label out of range first
+
+    path = images_parquet(
+        tmp_path / "bad.parquet", 10_000, dtype="float64", group_rows=10_000, edit=spoil
+    )
+    source = open_input(path)
+    batch = next(pq.ParquetFile(path).iter_batches(batch_size=10_000, columns=source.columns))
+    started = time.perf_counter()
+    parsed = parse_batch(batch, 0, source)
+    seconds = time.perf_counter() - started
+    assert len(parsed.rejects) == 10_000 and len(parsed.row_ids) == 0
+    # Against the row-by-row reader on the same machine at the same time (4 ms a row,
+    # 39 s for the file, when this machine is idle): at least ten times faster.
+    sample = (0, 1, 5, 7, 35, 9_999, *range(100, 124))
+    started = time.perf_counter()
+    one_by_one = [_reject(batch, row, row, source) for row in sample]
+    per_row = (time.perf_counter() - started) / len(sample)
+    assert seconds < per_row * 10_000 / 10, f"{seconds:.2f}s, row by row {per_row * 1e3:.1f} ms"
+    # The same rejects the row-by-row reader makes.
+    assert [parsed.rejects[row] for row in sample] == one_by_one
+    kinds = {r.kind for r in parsed.rejects}
+    assert kinds == {"over_255", "null", "label_out_of_range"}

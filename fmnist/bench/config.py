@@ -19,10 +19,13 @@ class BenchConfig:
     model: str
     variants: tuple[str, ...] = VARIANTS
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
-    iterations: int = 1000  # timed calls (latency) or batches (throughput), at most
-    warmup: int = 50
-    max_seconds: float = 10.0  # per measurement: slow variants stop early...
-    min_iterations: int = 10  # ...but never below this
+    # Timed calls (latency) or batches (throughput) at most; None: as many as the time
+    # budget allows. A count is no window: a thousand calls of a small model last a
+    # tenth of a second, in or out of a neighbour's burst as a whole.
+    iterations: int | None = None
+    warmup: int = 50  # untimed calls at least (warm-up also lasts a tenth of the budget)
+    max_seconds: float = 10.0  # per measurement...
+    min_iterations: int = 10  # ...but never fewer timed calls than this
     node_type: str | None = None  # the caller's job's (fmnist.pipeline.jobenv), else "local"
     job_id: str | None = None  # the caller's job's, file-safe; else a unique local id
     yardstick: bool = False
@@ -36,7 +39,8 @@ class BenchConfig:
             raise FmnistError("no variants to benchmark")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise FmnistError(f"batch sizes must be positive integers, got {self.batch_sizes}")
-        if self.iterations < 1 or self.min_iterations < 1 or self.warmup < 0:
+        capped = self.iterations is not None
+        if (capped and self.iterations < 1) or self.min_iterations < 1 or self.warmup < 0:
             raise FmnistError("iterations and min-iterations must be >= 1, warm-up >= 0")
         return self
 

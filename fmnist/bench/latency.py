@@ -1,8 +1,11 @@
 """Timing loops and their statistics: batch-1 latency and the throughput of a batch stream.
 
-Latency: batch 1, warm-up, then per-call wall time (p50/p90/p99/mean). Throughput:
-a stream of batches of each size, images per second over the whole stream; its
-percentiles are of each batch's time from hand-over to result. The
+Latency: batch 1, warm-up, then per-call wall time (p50/p90/p99/mean) for the whole time
+budget, like benchmark_app's ``-t``: a window of a thousand calls (a tenth of a second
+for a small model) lands in or out of a neighbour's burst on a shared machine, and its
+p50 with it. The window's medians in consecutive slices (rounds) show how steady the
+figure was. Throughput: a stream of batches of each size, images per second over the
+whole stream; its percentiles are of each batch's time from hand-over to result. The
 ``keras-predict`` variant is timed the seed's way: ``model.predict`` on one image.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,12 +34,32 @@ class LatencyStats:
     p99_ms: float
     mean_ms: float
     images_per_second: float
+    # Medians (ms) of consecutive slices of the timed calls: how steady p50 was.
+    round_p50_ms: tuple[float, ...] = ()
+
+
+# Slices of a latency window whose medians are recorded beside its p50.
+LATENCY_ROUNDS = 5
+
+
+def round_medians(seconds: Sequence[float], rounds: int) -> tuple[float, ...]:
+    """Median (ms) of each of ``rounds`` consecutive slices with equal numbers of calls."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    if rounds < 1 or len(ms) == 0:
+        return ()
+    return tuple(float(np.median(part)) for part in np.array_split(ms, min(rounds, len(ms))))
 
 
 def latency_stats(
-    seconds: Sequence[float], images_per_call: int, total_seconds: float | None = None
+    seconds: Sequence[float],
+    images_per_call: int,
+    total_seconds: float | None = None,
+    rounds: int = 0,
 ) -> LatencyStats:
-    """Stats of per-call times; the rate is images over ``total_seconds`` (default: the sum)."""
+    """Stats of per-call times; the rate is images over ``total_seconds`` (default: the sum).
+
+    ``rounds`` > 0 also records the medians of that many consecutive slices of the calls.
+    """
     if len(seconds) == 0:
         raise FmnistError("no timed calls to summarize")
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
@@ -48,6 +72,7 @@ def latency_stats(
         p99_ms=float(p99),
         mean_ms=float(ms.mean()),
         images_per_second=images_per_call * len(ms) / total if total > 0 else float("nan"),
+        round_p50_ms=round_medians(seconds, rounds),
     )
 
 
@@ -64,23 +89,51 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
+def warm_up(
+    call: Callable[[np.ndarray], object],
+    inputs: Sequence[np.ndarray],
+    config: BenchConfig,
+    clock: Callable[[], float] = time.perf_counter,
+) -> int:
+    """Untimed calls before timing; returns how many ran.
+
+    At least ``config.warmup`` calls, continued until a tenth of the time budget has
+    passed: a freshly compiled model's first few hundred calls run up to twice as slow
+    (memory first touched, worker threads still waking), which fifty calls of a 0.1 ms
+    model do not cover. A slow variant stops at a quarter of the budget (after 3 calls).
+    ``config.warmup`` 0 times from the first call.
+    """
+    if config.warmup == 0:
+        return 0
+    start = clock()
+    settled, give_up = start + 0.1 * config.max_seconds, start + 0.25 * config.max_seconds
+    calls = 0
+    while True:
+        now = clock()
+        if (calls >= config.warmup and now >= settled) or (calls >= 3 and now > give_up):
+            return calls
+        call(inputs[calls % len(inputs)])
+        calls += 1
+
+
 def time_calls(
     call: Callable[[np.ndarray], object],
     inputs: Sequence[np.ndarray],
     config: BenchConfig,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[float]:
-    """Wall time of ``call`` on each input in turn, after warm-up, within the time budget."""
-    clock = time.perf_counter
-    warm_deadline = clock() + 0.25 * config.max_seconds
-    for i in range(config.warmup):
-        call(inputs[i % len(inputs)])
-        if i >= 2 and clock() > warm_deadline:
-            break
+    """Wall time of ``call`` on each input in turn, after warm-up, for the time budget.
+
+    Timing stops once ``config.max_seconds`` have passed (after at least
+    ``config.min_iterations`` calls) or at ``config.iterations`` calls, if set.
+    """
+    warm_up(call, inputs, config, clock)
+    limit = config.iterations or sys.maxsize
     times: list[float] = []
     with _no_gc():
         deadline = clock() + config.max_seconds
-        for i in range(config.iterations):
-            x = inputs[i % len(inputs)]
+        while len(times) < limit:
+            x = inputs[len(times) % len(inputs)]
             start = clock()
             call(x)
             end = clock()
@@ -109,7 +162,7 @@ def time_stream(
         deadline = clock() + config.max_seconds
 
         def feed() -> Iterator[np.ndarray]:
-            for i in range(config.iterations):
+            for i in range(config.iterations or sys.maxsize):
                 if i >= config.min_iterations and clock() > deadline:
                     return
                 submitted.append(clock())
@@ -146,7 +199,7 @@ def measure_latency(
 ) -> LatencyStats:
     """Batch-1 latency of ``call``, cycling over (up to) 64 real single images."""
     singles = [images[i : i + 1].copy() for i in range(min(64, len(images)))]
-    return latency_stats(time_calls(call, singles, config), 1)
+    return latency_stats(time_calls(call, singles, config), 1, rounds=LATENCY_ROUNDS)
 
 
 def measure_throughput(

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from fmnist.architectures import get_architecture
 from fmnist.bench.config import BenchConfig
 from fmnist.bench.timings import job_columns, local_job_id, timings_frame, write_timings
 from fmnist.bench.workers import process_groups, run_worker
 from fmnist.bench.yardstick import yardstick_rows
+from fmnist.engines import variant_artifact
 from fmnist.io import FmnistError, RunLayout, write_json_atomic
+from fmnist.manifest import check_model_files
 
 
 @dataclass
@@ -38,9 +41,16 @@ class BenchmarkResult:
 def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) -> BenchmarkResult:
     """Measure every variant of ``config.model`` and write ``RUN/timings/<job-id>.parquet``."""
     config.check()
+    get_architecture(config.model)  # an unknown name lists the valid ones
     layout = RunLayout(Path(config.run))
     if not layout.keras_model(config.model).exists():
         raise FmnistError(f"{layout.keras_model(config.model)}: model file not found")
+    # Here, not in the workers: a changed model is one line, not a failed variant. A
+    # variant without its files is measured as skipped, with its reason.
+    artifacts = {variant_artifact(layout.root, config.model, v) for v in config.variants}
+    for artifact in sorted(artifacts):
+        if artifact.is_file():
+            check_model_files(layout.root, artifact)
     job_id = config.job_id or local_job_id(socket.gethostname(), os.getpid())
     rows: list[dict] = []
     for env, variants in process_groups(config.variants):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from fmnist.engines import VARIANTS
@@ -18,8 +20,14 @@ def _lookup(frame: pd.DataFrame, variant: str, source: str, mode: str, batch: in
     return hit.iloc[0] if len(hit) else None
 
 
+def round_spread(details: str) -> str:
+    """'0.078-0.083': the lowest and highest median of a latency window's rounds ('-' if none)."""
+    rounds = json.loads(details or "{}").get("round_p50_ms") or []
+    return f"{min(rounds):.3f}-{max(rounds):.3f}" if rounds else "-"
+
+
 def summary_table(frame: pd.DataFrame) -> str:
-    """Text table: batch-1 latency, throughput per batch size, speedups, benchmark_app."""
+    """Text table: batch-1 latency and its rounds' spread, throughput, speedups, benchmark_app."""
     ours = frame[frame["source"] == "fmnist"]
     batches = sorted(int(b) for b in ours.loc[ours["mode"] == "throughput", "batch_size"].unique())
     variants = [v for v in VARIANTS if v in set(ours["variant"])]
@@ -30,7 +38,8 @@ def summary_table(frame: pd.DataFrame) -> str:
 
     baselines = {"x predict": p50("keras-predict"), "x onednn-on": p50("keras-onednn-on")}
     header = (
-        f"{'variant':<18}{'precision':<11}{'p50 ms':>10}{'p99 ms':>10}"
+        f"{'variant':<18}{'precision':<11}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}"
+        f"{'p50 rounds':>17}"
         + "".join(f"{f'bs{b} img/s':>13}" for b in batches)
         + "".join(f"{name:>13}" for name in baselines)
         + f"{'bm_app p50':>12}{f'bm_app bs{batches[-1]}' if batches else '':>15}"
@@ -43,7 +52,8 @@ def summary_table(frame: pd.DataFrame) -> str:
             lines.append(f"{variant:<18}{status['status']}: {status['reason']}")
             continue
         cells = f"{variant:<18}{latency['executed_precision']:<11}"
-        cells += f"{latency['p50_ms']:>10.3f}{latency['p99_ms']:>10.3f}"
+        cells += f"{latency['p50_ms']:>10.3f}{latency['p90_ms']:>10.3f}{latency['p99_ms']:>10.3f}"
+        cells += f"{round_spread(latency['details']):>17}"
         for b in batches:
             row = _lookup(frame, variant, "fmnist", "throughput", b)
             cells += f"{row['images_per_second']:>13,.0f}" if row is not None else f"{'-':>13}"

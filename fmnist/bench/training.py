@@ -86,13 +86,14 @@ def measure_training(
     data = training_dataset(
         images, labels, batch_size=batch_size, one_hot=True, flip=True, shift=0.0, seed=0
     ).repeat()
-    model.fit(
-        data, steps_per_epoch=2, epochs=1, shuffle=False, verbose=0
-    )  # trace, compile, warm up
-    steps, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        model.fit(data, steps_per_epoch=4, epochs=1, shuffle=False, verbose=0)
-        steps += 4
+    model.fit(data, steps_per_epoch=3, epochs=1, shuffle=False, verbose=0)  # trace, warm up
+    # One timed fit of as many steps as fill ``seconds``: each fit call has a fixed cost
+    # (iterator, callbacks) as large as many of backup1's steps.
+    probe = time.perf_counter()
+    model.fit(data, steps_per_epoch=10, epochs=1, shuffle=False, verbose=0)
+    steps = max(10, int(seconds / ((time.perf_counter() - probe) / 10)))
+    started = time.perf_counter()
+    model.fit(data, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0)
     elapsed = time.perf_counter() - started
     flops = training_flops_per_image(model)
     keras.mixed_precision.set_global_policy("float32")

@@ -54,15 +54,19 @@ def measure_variant(
         else:
             call = engine.predict
         stats = measure_latency(call, images, config)
-        rows = [measured_row(variant, engine, measure, "latency", 1, stats)]
-        if runtime_ms:
-            # The runtime's own share of each call, beside our wall time (diagnostic).
-            details = json.loads(rows[0]["details"])
-            details["runtime_p50_ms"] = float(np.median(runtime_ms[-stats.iterations :]))
-            rows[0]["details"] = json.dumps(details, sort_keys=True)
+        # The runtime's own share of each timed call, beside our wall time (diagnostic).
+        runtime = (
+            {"runtime_p50_ms": float(np.median(runtime_ms[-stats.iterations :]))}
+            if runtime_ms
+            else {}
+        )
+        rows = [measured_row(variant, engine, measure, "latency", 1, stats, runtime)]
+        rounds = stats.round_p50_ms
         progress(
-            f"[benchmark] {label}: latency p50 {stats.p50_ms:.3f} ms, p99 {stats.p99_ms:.3f} ms "
-            f"({stats.iterations} calls, {engine.info.executed_precision})"
+            f"[benchmark] {label}: latency p50 {stats.p50_ms:.3f} ms "
+            f"(rounds {min(rounds):.3f}-{max(rounds):.3f}), p90 {stats.p90_ms:.3f} ms, "
+            f"p99 {stats.p99_ms:.3f} ms ({stats.iterations} calls, "
+            f"{engine.info.executed_precision})"
         )
         if variant.startswith("openvino-"):
             engine = create_engine(config.run, config.model, variant, "throughput")

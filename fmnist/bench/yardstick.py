@@ -8,6 +8,7 @@ latency: the closest a harness can get. Its figures go into the timings beside o
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -19,25 +20,28 @@ from fmnist.bench.timings import failed_row
 from fmnist.engines import variant_artifact
 from fmnist.io import FmnistError
 
+# benchmark_app's console script, run by this interpreter: the OpenVINO our engines
+# import, wherever the script was installed (a venv sharing another's packages has none).
+BENCHMARK_APP = (
+    "import sys; from openvino.tools.benchmark.main import main; "
+    "sys.argv[0] = 'benchmark_app'; sys.exit(main())"
+)
 
-def benchmark_app_path() -> Path:
-    """OpenVINO's benchmark_app from the wheel installed beside this interpreter."""
-    candidate = Path(sys.executable).parent / "benchmark_app"
-    if candidate.exists():
-        return candidate
-    import shutil
 
-    found = shutil.which("benchmark_app")
-    if not found:
-        raise FmnistError("benchmark_app not found (it ships with the openvino wheel)")
-    return Path(found)
+def benchmark_app_command() -> list[str]:
+    """The command that starts OpenVINO's benchmark_app from this interpreter's wheel."""
+    return [sys.executable, "-c", BENCHMARK_APP]
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def parse_benchmark_app(text: str) -> dict:
-    """Median/average latency (ms), throughput and iteration count from its report."""
+    """Median/average latency (ms), throughput, iterations, streams and threads from its report.
+
+    Streams and threads are what the compiled model reported (``NUM_STREAMS``,
+    ``INFERENCE_NUM_THREADS``): with the same hint they should match our engine's.
+    """
     figures = {}
     for key, pattern in (
         ("iterations", r"Count:\s+(\d+)\s+iterations"),
@@ -51,6 +55,9 @@ def parse_benchmark_app(text: str) -> dict:
         value = float(match.group(1))
         figures[key] = value * _UNITS[match.group(2)] if key.endswith("_ms") else value
     figures["iterations"] = int(figures["iterations"])
+    for key, name in (("streams", "NUM_STREAMS"), ("threads", "INFERENCE_NUM_THREADS")):
+        match = re.search(rf"\b{name}:\s+(\d+)", text)
+        figures[key] = int(match.group(1)) if match else None
     return figures
 
 
@@ -65,7 +72,7 @@ def run_benchmark_app(xml: Path, precision: str, mode: str, batch_size: int, sec
     static = mode == "latency" and batch_size == 1
     api = ["-api", "async", "-nireq", "1"] if mode == "latency" else []
     command = [
-        str(benchmark_app_path()),
+        *benchmark_app_command(),
         "-m", str(xml),
         "-d", "CPU",
         "-hint", mode,
@@ -105,11 +112,12 @@ def yardstick_rows(config: BenchConfig, rows: list[dict], progress: Callable) ->
         rate = figures["images_per_second"]
         progress(
             f"[benchmark] {config.model} {variant} benchmark_app {row['mode']} "
-            f"bs{row['batch_size']}: median {figures['median_ms']:.3f} ms, {rate:,.0f} img/s"
+            f"bs{row['batch_size']}: median {figures['median_ms']:.3f} ms, {rate:,.0f} img/s "
+            f"(streams {figures['streams']}, threads {figures['threads']})"
         )
         out.append(
             {
-                **{k: row[k] for k in ("variant", "mode", "batch_size", "threads")},
+                **{k: row[k] for k in ("variant", "mode", "batch_size")},
                 "executed_precision": row["executed_precision"],
                 "source": "benchmark_app",
                 "measure": "request latency",
@@ -117,6 +125,9 @@ def yardstick_rows(config: BenchConfig, rows: list[dict], progress: Callable) ->
                 "p50_ms": figures["median_ms"],
                 "mean_ms": figures["mean_ms"],
                 "images_per_second": rate,
+                # Its own compiled model's threads and streams, to compare with ours.
+                "threads": figures["threads"],
+                "details": json.dumps({"streams": figures["streams"]}),
                 "status": "ok",
                 "reason": "",
             }

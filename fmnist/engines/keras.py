@@ -80,12 +80,20 @@ def load_keras_model(path: Path):
     """Load a saved Keras model, with a clear error for a missing or corrupt file."""
     if not path.is_file():
         raise FmnistError(f"{path}: model file not found (train the model first)")
+    import zipfile
+
     import keras
 
+    # A .keras file is a zip; Keras says "File not found" for a truncated one.
+    if not zipfile.is_zipfile(path):
+        raise FmnistError(f"{path}: cannot be read as a Keras model (truncated or corrupt)")
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a damaged zip/h5
-        raise FmnistError(f"{path}: cannot load Keras model ({type(exc).__name__}: {exc})") from exc
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise FmnistError(
+            f"{path}: cannot be read as a Keras model (corrupt: {type(exc).__name__}: {detail})"
+        ) from exc
 
 
 class KerasEngine:

@@ -31,13 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from fmnist.architectures import get_architecture
 from fmnist.data import load_dataset, to_model_input, train_validation_split
 from fmnist.engines.int8_check import Int8Bounds, Int8Check
 from fmnist.engines.keras import load_keras_model
 from fmnist.engines.openvino import COMPUTE_LAYERS, core, mark_needs_int8_dot_product
 from fmnist.engines.rewrite import dense_heads_as_convolutions
 from fmnist.io import FmnistError, RunLayout, sha256_file
-from fmnist.manifest import IrRecord, record_ir
+from fmnist.manifest import IrRecord, check_model_files, record_ir
 from fmnist.system import has_int8_dot_product
 
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
@@ -474,7 +475,9 @@ def optimize_model(
 
     started = time.perf_counter()
     layout = RunLayout(Path(run))
+    get_architecture(config.model)  # an unknown name lists the valid ones
     keras_path = layout.keras_model(config.model)
+    check_model_files(layout.root, keras_path)  # the model train recorded, or nothing
     progress(f"{config.model}: converting {keras_path} to OpenVINO IR (dynamic batch)")
     ov_model, keras_model = convert_keras(keras_path)
     f32_xml = layout.openvino_ir(config.model, "f32")

@@ -16,7 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
+from fmnist.architectures import get_architecture
 from fmnist.io import FmnistError, RunLayout
+from fmnist.manifest import check_model_files
 
 VARIANTS = (
     "keras-predict",
@@ -88,12 +90,20 @@ def check_variant(variant: str) -> str:
 def create_engine(
     run: Path | str, model: str, variant: str = "keras-predict", mode: str = "latency"
 ) -> Engine:
-    """Build the engine running ``model`` of ``run`` as ``variant`` in ``mode``."""
+    """Build the engine running ``model`` of ``run`` as ``variant`` in ``mode``.
+
+    The files the variant executes must have the SHA-256 the run's manifest recorded
+    (:func:`fmnist.manifest.check_model_files`): the model that was recorded, or nothing.
+    """
     check_variant(variant)
+    get_architecture(model)  # an unknown name lists the valid ones
     if mode not in MODES:
         raise FmnistError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     if variant not in _FACTORIES:
         raise FmnistError(f"variant {variant!r} is not available in this installation")
+    artifact = variant_artifact(run, model, variant)
+    if artifact.is_file():  # else the variant's factory says what is missing, in its words
+        check_model_files(run, artifact)
     return _FACTORIES[variant](RunLayout(Path(run)), model, mode)
 
 

@@ -2,8 +2,9 @@
 
 An input holds ``label,pixel1..pixel784`` (or the 784 pixels alone), with or without a
 header line, plain or gzip. Every line after the header is a data row, blank ones
-included: its 0-based index is the row id, so row ``r`` sits on line ``r + 1``, one
-further down with a header. Nothing is skipped silently; a row that is not valid
+included, except the blank lines that end the file (an editor's or a tool's trailing
+newlines are not rows): its 0-based index is the row id, so row ``r`` sits on line
+``r + 1``, one further down with a header. Nothing else is skipped; a row that is not valid
 becomes a :class:`~fmnist.scoring.rows.Reject` naming its line and the reason. How a
 block of lines is parsed, and what a value may be, is :mod:`fmnist.scoring.csv_parse`.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import gzip
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,14 @@ class CsvInput:
     data_start: int  # offset of the first data row in the (decompressed) stream
     has_header: bool
     has_label: bool
+    # Where the data ends: after the last line that is not blank (plain files; None:
+    # the end of the file). The blank lines after it are no rows.
+    data_end: int | None = None
+
+    @property
+    def end(self) -> int:
+        """The offset after the last data row of a plain file."""
+        return self.size if self.data_end is None else self.data_end
 
     @property
     def columns(self) -> list[str]:
@@ -248,6 +257,7 @@ def inspect_csv(path: Path | str) -> CsvInput:
         if whole and not rest.strip():
             raise FmnistError(f"{path}: header only, no data rows")
         csv = CsvInput(path, compressed, size, bom + first_break + 1, True, has_label)
+        csv = _with_data_end(csv)
         _refuse_normalized(path, rest, whole, csv)
         return csv
     # No header: the layout is the field count most sample lines agree on, so one bad
@@ -261,9 +271,39 @@ def inspect_csv(path: Path | str) -> CsvInput:
             f"{path}: rows have {common} fields, expected {PIXELS + 1} (label + {PIXELS} pixels) "
             f"or {PIXELS} (pixels only)"
         )
-    csv = CsvInput(path, compressed, size, bom, False, common == PIXELS + 1)
+    csv = _with_data_end(CsvInput(path, compressed, size, bom, False, common == PIXELS + 1))
     _refuse_normalized(path, text, whole, csv)
     return csv
+
+
+BLANK = b" \t\r\n"
+
+
+def _with_data_end(csv: CsvInput, chunk_bytes: int = 1 << 16) -> CsvInput:
+    """``csv`` with ``data_end`` found: the end of its last line that is not blank.
+
+    Read backwards from the end of a plain file; a gzip stream drops its trailing blank
+    lines as it is read (:func:`iter_gzip_blocks`).
+    """
+    if csv.compressed:
+        return csv
+    with open(csv.path, "rb") as handle:
+        end = csv.size
+        while end > csv.data_start:
+            start = max(csv.data_start, end - chunk_bytes)
+            handle.seek(start)
+            chunk = handle.read(end - start)
+            content = chunk.rstrip(BLANK)
+            if content:
+                last = start + len(content)  # after the last byte that is not blank
+                handle.seek(last)
+                rest = handle.read(chunk_bytes)
+                brk = rest.find(b"\n")
+                # Keep the last line's own break; a file ending without one ends there.
+                data_end = last + brk + 1 if brk >= 0 else csv.size
+                return replace(csv, data_end=data_end)
+            end = start
+    return replace(csv, data_end=csv.data_start)
 
 
 # --------------------------------------------------------------------------- shards
@@ -283,17 +323,17 @@ class ByteRange:
 def _line_start_at_or_after(handle, position: int, csv: CsvInput) -> int:
     if position <= csv.data_start:
         return csv.data_start
-    if position >= csv.size:
-        return csv.size
+    if position >= csv.end:
+        return csv.end
     # A line starts at `position` when the byte before it is a line break.
     handle.seek(position - 1)
     offset = position - 1
     while chunk := handle.read(1 << 16):
         found = chunk.find(b"\n")
         if found >= 0:
-            return offset + found + 1
+            return min(offset + found + 1, csv.end)
         offset += len(chunk)
-    return csv.size
+    return csv.end
 
 
 def count_line_breaks(path: Path, start: int, end: int, chunk_bytes: int = 8 << 20) -> int:
@@ -317,13 +357,13 @@ def shard_bounds(csv: CsvInput, count: int) -> list[tuple[int, int]]:
     Shard ``i`` holds the lines that start in the ``i``-th equal slice of the data
     bytes, so a line crossing a slice boundary belongs to the shard where it starts.
     """
-    span = csv.size - csv.data_start
+    span = csv.end - csv.data_start
     with open(csv.path, "rb") as handle:
         starts = [
             _line_start_at_or_after(handle, csv.data_start + span * i // count, csv)
             for i in range(count)
         ]
-    return list(zip(starts, [*starts[1:], csv.size], strict=True))
+    return list(zip(starts, [*starts[1:], csv.end], strict=True))
 
 
 def byte_range(csv: CsvInput, index: int, count: int) -> ByteRange:
@@ -336,7 +376,7 @@ def byte_range(csv: CsvInput, index: int, count: int) -> ByteRange:
 def rows_in_range(csv: CsvInput, start: int, end: int) -> int:
     """Data rows in bytes [start, end) of a plain file (the last line may lack a break)."""
     rows = count_line_breaks(csv.path, start, end)
-    if end == csv.size and end > start:
+    if end == csv.end and end > start:
         with open(csv.path, "rb") as handle:
             handle.seek(end - 1)
             if handle.read(1) != b"\n":
@@ -347,7 +387,7 @@ def rows_in_range(csv: CsvInput, start: int, end: int) -> int:
 def count_data_rows(csv: CsvInput) -> int:
     """Data rows in the whole input (decompressing a gzip stream once)."""
     if not csv.compressed:
-        return rows_in_range(csv, csv.data_start, csv.size)
+        return rows_in_range(csv, csv.data_start, csv.end)
     return sum(block.rows for block in iter_gzip_blocks(csv, keep=lambda k: False))
 
 
@@ -438,9 +478,16 @@ def iter_gzip_blocks(
             while True:
                 chunk = stream.read(read_bytes)
                 finished = not chunk
-                if finished and buffer and not buffer.endswith(b"\n"):
-                    buffer += b"\n"
-                    breaks += 1
+                if finished:
+                    # The blank lines that end the stream are no rows (those of them
+                    # already handed out in an earlier block stay rows, and rejects).
+                    content = buffer.rstrip(BLANK)
+                    if content:
+                        brk = buffer.find(b"\n", len(content))
+                        buffer = buffer[: brk + 1] if brk >= 0 else content + b"\n"
+                    else:
+                        buffer = b""
+                    breaks = buffer.count(b"\n")
                 buffer += chunk
                 breaks += chunk.count(b"\n")
                 if breaks >= block_rows or finished:

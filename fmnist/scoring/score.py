@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,9 +29,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fmnist.architectures import get_architecture
 from fmnist.engines import available_variants, create_engine, variant_artifact
 from fmnist.engines.int8_check import Int8Check
-from fmnist.io import FmnistError, RunLayout, atomic_path, sha256_file, sha256_files
+from fmnist.faults import as_fmnist_error
+from fmnist.io import FmnistError, RunLayout, atomic_path, sha256_cached, sha256_file
+from fmnist.manifest import check_model_files, model_files
 from fmnist.scoring.csv_input import BLOCK_BYTES, GZIP_BLOCK_ROWS
 from fmnist.scoring.inputs import ScoringInput, input_fingerprint, open_input
 from fmnist.scoring.overlap import scored_blocks
@@ -194,13 +199,15 @@ def parse_shard_option(
 
 
 def model_sha256(path: Path | str) -> str:
-    """SHA-256 of a model file; for an OpenVINO IR, of model.xml followed by model.bin."""
-    path = Path(path)
-    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    """SHA-256 of a model file; for an OpenVINO IR, of model.xml followed by model.bin.
+
+    Hashed once per process (:func:`fmnist.io.sha256_cached`): every shard asks.
+    """
+    files = model_files(path)
     for file in files:
         if not file.is_file():
             raise FmnistError(f"{file}: model file not found (train/optimize the model first)")
-    return sha256_files(*files)
+    return sha256_cached(*files)
 
 
 _ENGINES: dict[tuple, object] = {}
@@ -287,9 +294,17 @@ def score_shard(
         if clean_stale_temporaries(out_dir, index, count):
             progress(f"{label}: removed temporary files of an unfinished run")
         # The marker goes first: from here until the new one is written, the shard
-        # must not look finished even if the process dies.
+        # must not look finished even if the process dies. Then the stale part and
+        # rejects, so a rerun after a full disk needs no more room than the first run.
         ShardMarker.path(out_dir, index, count).unlink(missing_ok=True)
-        return _score_unfinished(config, source, index, limit, fingerprint, progress)
+        for stale in (part, out_dir / rejects_name(index, count)):
+            stale.unlink(missing_ok=True)
+        try:
+            return _score_unfinished(config, source, index, limit, fingerprint, progress)
+        except OSError as exc:
+            # A full disk or a read-only mount, here or in a worker: one line naming
+            # where (pyarrow's writers name no file), with nothing that looks finished.
+            raise as_fmnist_error(exc, out_dir) from None
 
 
 def _score_unfinished(
@@ -483,9 +498,42 @@ def fix_malloc_mmap_threshold(threshold: int = 1 << 18) -> bool:
         return False
 
 
-def _score_in_worker(config: ScoreConfig, index: int) -> ShardResult:
+_WATCHED_PARENT: int | None = None
+
+
+def die_with_parent(parent: int, interval: float = 0.5) -> None:
+    """End this process within ``interval`` seconds of ``parent``'s end, however it ends.
+
+    A scorer killed with SIGKILL (a scheduler's walltime, a user) cannot stop its
+    workers; each watches its parent instead and kills itself once it is re-parented,
+    leaving the shard unfinished for a rerun. A thread polling the parent id, not
+    ``PR_SET_PDEATHSIG``: that signal follows the *thread* that started the worker,
+    and loky starts replacements from a thread of its own.
+    """
+    global _WATCHED_PARENT
+    if _WATCHED_PARENT == parent:
+        return
+    _WATCHED_PARENT = parent
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _start_worker(parent: int) -> None:
+    """What each worker process does first, before it takes a shard."""
+    die_with_parent(parent)
     fix_malloc_mmap_threshold()
-    return score_shard(config, index)
+
+
+def _score_in_worker(config: ScoreConfig, index: int) -> ShardResult:
+    try:
+        return score_shard(config, index)
+    except OSError as exc:  # raised outside a shard's files (loading the model, the input)
+        raise as_fmnist_error(exc) from None
 
 
 def score_shards(
@@ -499,10 +547,13 @@ def score_shards(
     Raises :class:`RejectLimitExceeded` after the last shard when any shard passed
     ``--max-rejects``; the shards that finished keep their files and markers.
     """
+    get_architecture(config.model)  # an unknown name lists the valid ones
     if config.on_bad_row not in ON_BAD_ROW:
         raise FmnistError(f"--on-bad-row must be one of {', '.join(ON_BAD_ROW)}")
     limit = RejectLimit.parse(config.max_rejects)
     open_input(config.input)  # one-line errors for a bad input before any work
+    # The recorded model, checked here once before any worker starts.
+    check_model_files(config.run, variant_artifact(config.run, config.model, config.variant))
     results = _score_indices(config, indices, workers, progress)
     over = [result for result in results if result.status == "over-limit"]
     if over:
@@ -522,15 +573,17 @@ def _score_indices(
     if workers <= 1 or len(indices) <= 1:
         fix_malloc_mmap_threshold()
         return [score_shard(config, index, progress) for index in indices]
-    from joblib import Parallel, delayed
+    from joblib import Parallel, delayed, parallel_config
 
     extra = _worker_threads(workers)
     saved = {name: os.environ.get(name) for name in extra}
     os.environ.update(extra)  # loky workers start with this environment
     try:
-        return Parallel(n_jobs=workers, backend="loky")(
-            delayed(_score_in_worker)(config, index) for index in indices
-        )
+        # Each worker watches this process from its start, before it loads anything.
+        with parallel_config(backend="loky", initializer=_start_worker, initargs=(os.getpid(),)):
+            return Parallel(n_jobs=workers)(
+                delayed(_score_in_worker)(config, index) for index in indices
+            )
     finally:
         for name, value in saved.items():
             if value is None:
