@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from test_scheduler_real import one_cpu_catalog, submitted, wait_for_run  # noqa: F401
 
+from fmnist.pipeline.attempts import walltime_warning
 from fmnist.pipeline.submit import read_record
 from fmnist.trace import read_trace
 
@@ -59,18 +60,44 @@ def status_text(cluster, run: Path) -> str:
     return subprocess.run(command, env=cluster.environ(), capture_output=True, text=True).stdout
 
 
+TRAINING = "train --model {model} --recipe quick --limit 36000 --batch-size 128"
+# A job's walltime in the continuation test (warned, and saving, a minute before).
+WALLTIME_S = 120
+
+
+@pytest.fixture(scope="module")
+def epochs_for_two_windows(tmp_path_factory) -> int:
+    """Epochs that last about 1.5 of a job's working window on this machine, now.
+
+    An epoch takes 4.5 s on an idle 2-core EPYC and three times as long on a loaded one,
+    so a fixed count either ends inside one job or takes many: measure one epoch here
+    (in a job's stead) and size the training to need a second job, rarely a third.
+    """
+    run = tmp_path_factory.mktemp("epoch")
+    command = [*FMNIST, *TRAINING.format(model="backup1").split(), "--epochs", "1"]
+    subprocess.run([*command, "--out", str(run)], check=True, capture_output=True)
+    import pyarrow.parquet as pq
+
+    seconds = pq.read_table(run / "models" / "backup1" / "history.parquet")["seconds"][0]
+    window = WALLTIME_S - walltime_warning(WALLTIME_S)
+    return max(3, min(40, round(1.5 * window / seconds.as_py())))
+
+
 @pytest.mark.scheduler
 @pytest.mark.slow
 def test_training_outlives_its_walltime_and_its_dependents_wait_for_the_task(
     cluster,
     tmp_path,
     submitted,  # noqa: F811
+    epochs_for_two_windows,
 ):
     jobs, runs = submitted
-    train = "train --model {model} --recipe quick --epochs 10 --limit 36000 --batch-size 128"
+    epochs = epochs_for_two_windows
+    train = f"{TRAINING} --epochs {epochs}"
     train += " --out {run}"
     spec = tiny_spec(tmp_path, train, "data to-csv --split test --limit 1 --out {run}/after.csv")
-    run = submit(cluster, tmp_path, spec, "--walltime", "train:backup1=00:02:00")
+    walltime = f"train:backup1=00:{WALLTIME_S // 60:02d}:{WALLTIME_S % 60:02d}"
+    run = submit(cluster, tmp_path, spec, "--walltime", walltime)
     runs.append(run)
     states = wait_for_run(run, timeout=1500)
     record = read_record(run)
@@ -84,8 +111,8 @@ def test_training_outlives_its_walltime_and_its_dependents_wait_for_the_task(
     assert [h["attempt"] for h in reversed(history)] == list(range(1, len(history) + 1))
     import pyarrow.parquet as pq
 
-    epochs = pq.read_table(run / "models" / "backup1" / "history.parquet")["epoch"].to_pylist()
-    assert epochs == list(range(1, 11))
+    trained = pq.read_table(run / "models" / "backup1" / "history.parquet")["epoch"].to_pylist()
+    assert trained == list(range(1, epochs + 1))
     # The report waited for the task, not for its first job.
     model = run / "models" / "backup1" / "model.keras"
     assert (run / "after.csv").stat().st_mtime >= model.stat().st_mtime
@@ -103,7 +130,7 @@ def test_training_outlives_its_walltime_and_its_dependents_wait_for_the_task(
     assert (training["queue_wait_s"] >= 0).all() and (training["run_s"] > 0).all()
     assert (training["cpu_s"] > 0).all() and (training["peak_rss_mb"] > 100).all()
     assert set(trace["host"]) <= set(cluster.hosts) | {os.uname().nodename}, trace["host"]
-    print(f"\n{cluster.flavor}: {len(history) + 1} training jobs")
+    print(f"\n{cluster.flavor}: {epochs} epochs in {len(history) + 1} training jobs")
 
 
 def _kill_training(run: Path, timeout: float = 300) -> int:
