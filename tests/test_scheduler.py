@@ -478,6 +478,38 @@ def test_request_args(flavor, cpus, label, expected):
     assert request_args(flavor, NodeType("t", "", cpus, label)) == expected
 
 
+@pytest.mark.parametrize(
+    "flavor, expected",
+    [
+        ("torque", ("-l", "nodes=1:spr:ppn=2", "-l", "mem=3072mb")),
+        ("pbspro", ("-l", "select=1:ncpus=2:cpu_type=spr:mem=3072mb")),  # a chunk resource
+        ("slurm", ("--ntasks=2", "--constraint=spr", "--mem=3072M")),
+    ],
+)
+def test_request_args_with_memory(flavor, expected):
+    assert request_args(flavor, NodeType("spr", "", 2, "spr"), 3072) == expected
+
+
+def test_a_steps_memory_grows_in_its_attempts_requests(tmp_path):
+    from fmnist.pipeline.spec import Task
+    from fmnist.pipeline.submit import SubmitSettings, plan_jobs, task_memory_mb
+
+    resources = {"memory": "2gb", "retries": 2, "grow": {"memory": 1.5}}
+    resources["script"] = "pbs/train_main.sh"
+    task = Task("train:main", "train", (), (), (), {"model": "main"}, resources)
+    assert [task_memory_mb(task, attempt) for attempt in (1, 2, 3)] == [2048, 3072, 4608]
+    assert task_memory_mb(Task("report", "report", (), (), (), {}, {})) is None
+    settings = SubmitSettings("slurm", "quick", ["local"], str(tmp_path), str(tmp_path))
+    catalog = load_node_types()
+    [first] = plan_jobs([task], settings, catalog, attempt=1)
+    [third] = plan_jobs([task], settings, catalog, attempt=3)
+    assert "--mem=2048M" in first.submission.request
+    assert "--mem=4608M" in third.submission.request
+    bad = Task("train:main", "train", (), (), (), {}, {"memory": "lots"})
+    with pytest.raises(FmnistError, match="task train:main: memory 'lots'"):
+        task_memory_mb(bad)
+
+
 def test_pbspro_label_resource_is_the_catalogs(tmp_path):
     path = tmp_path / "node_types.toml"
     path.write_text(

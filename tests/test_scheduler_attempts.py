@@ -26,7 +26,10 @@ FMNIST = [sys.executable, "-m", "fmnist"]
 
 
 def tiny_spec(directory: Path, train: str, report: str, retries: int = 1) -> Path:
-    """A DAG of one training and a report step after it (the project's job scripts)."""
+    """A DAG of one training and a report step after it (the project's job scripts).
+
+    The training asks for 2 GB, twice as much on each next attempt.
+    """
     spec = directory / "pipeline.toml"
     spec.write_text(
         '[profiles.quick]\nmodels = ["backup1"]\nnode_types = ["local"]\n\n'
@@ -34,7 +37,7 @@ def tiny_spec(directory: Path, train: str, report: str, retries: int = 1) -> Pat
         f'command = "{train}"\n'
         'outputs = ["models/{model}/model.keras"]\n'
         'resources = { script = "pbs/train_{model}.sh", walltime = "00:30:00", '
-        f"retries = {retries} }}\n\n"
+        f'retries = {retries}, memory = "2gb", grow = {{ memory = 2.0 }} }}\n\n'
         '[[steps]]\nname = "report"\nneeds = ["train"]\n'
         f'command = "{report}"\noutputs = ["after.csv"]\n'
         'resources = { walltime = "00:05:00", retries = 2 }\n'
@@ -170,6 +173,9 @@ def test_a_task_killed_from_outside_is_retried_and_a_code_error_is_not(
     assert states["train:backup1"] == "done", (states, logs)
     [killed] = record["jobs"]["train:backup1"]["history"]
     assert (killed["cause"], killed["signal"]) == ("node-or-signal", "SIGKILL"), killed
+    # The retry asked its scheduler for the memory grown as the step says.
+    assert "mem=2048" in " ".join(killed["command"]), killed["command"]
+    assert "mem=4096" in " ".join(record["jobs"]["train:backup1"]["command"])
     # The code error stands, on its first attempt, though its step allows two retries.
     report = record["jobs"]["report"]
     assert states["report"] == "failed" and not report["history"], (states, report)

@@ -33,26 +33,30 @@ class NodeType:
     label: str = ""
     label_resource: str = DEFAULT_LABEL_RESOURCE
 
-    def request(self, flavor: str) -> tuple[str, ...]:
+    def request(self, flavor: str, memory_mb: int | None = None) -> tuple[str, ...]:
         """The qsub/sbatch arguments that ask ``flavor`` for this node type."""
-        return request_args(flavor, self)
+        return request_args(flavor, self, memory_mb)
 
 
-def request_args(flavor: str, node_type: NodeType) -> tuple[str, ...]:
-    """A node type in ``flavor``'s words (pure)::
+def request_args(flavor: str, node_type: NodeType, memory_mb: int | None = None) -> tuple[str, ...]:
+    """A node type, and the job's memory if it asks for some, in ``flavor``'s words (pure)::
 
-    torque  -l nodes=1:icx:ppn=2
-    pbspro  -l select=1:ncpus=2:cpu_type=icx
-    slurm   --ntasks=2 --constraint=icx
+    torque  -l nodes=1:icx:ppn=2          -l mem=2048mb
+    pbspro  -l select=1:ncpus=2:cpu_type=icx:mem=2048mb
+    slurm   --ntasks=2 --constraint=icx   --mem=2048M
     """
     cpus, label = node_type.cpus, node_type.label
     if flavor == "torque":
-        return ("-l", "nodes=1:" + (f"{label}:" if label else "") + f"ppn={cpus}")
+        nodes = ("-l", "nodes=1:" + (f"{label}:" if label else "") + f"ppn={cpus}")
+        return nodes + (("-l", f"mem={memory_mb}mb") if memory_mb else ())
     if flavor == "pbspro":
+        # PBS Pro refuses a job-wide -l mem beside select: memory is a chunk resource.
         chunk = f"select=1:ncpus={cpus}"
-        return ("-l", chunk + (f":{node_type.label_resource}={label}" if label else ""))
+        chunk += f":{node_type.label_resource}={label}" if label else ""
+        return ("-l", chunk + (f":mem={memory_mb}mb" if memory_mb else ""))
     if flavor == "slurm":
-        return (f"--ntasks={cpus}", *((f"--constraint={label}",) if label else ()))
+        memory = (f"--mem={memory_mb}M",) if memory_mb else ()
+        return (f"--ntasks={cpus}", *((f"--constraint={label}",) if label else ()), *memory)
     raise FmnistError(f"unknown scheduler {flavor!r}; valid: {', '.join(FLAVORS)}")
 
 

@@ -38,6 +38,7 @@ from fmnist.io import (
 )
 from fmnist.pipeline.attempts import (
     attempt_resources,
+    memory_mb,
     parse_walltime_overrides,
     retry_policy,
     walltime_for,
@@ -135,14 +136,28 @@ def task_walltime(task: Task, overrides: dict[str, str], attempt: int = 1) -> st
     """The walltime of a task's attempt ``attempt``: ``--walltime`` for the task, else for
     its step, else ``resources.walltime`` (default one hour), grown per attempt as the
     step's ``grow.walltime`` says."""
+    return _task_resources(task, overrides, attempt)[0]
+
+
+def task_memory_mb(task: Task, attempt: int = 1) -> int | None:
+    """The memory of a task's attempt ``attempt`` in MB: ``resources.memory`` grown per
+    attempt as the step's ``grow.memory`` says; None when the step asks for none."""
+    memory = _task_resources(task, {}, attempt)[1]
+    return memory_mb(memory) if memory else None
+
+
+def _task_resources(task: Task, overrides: dict[str, str], attempt: int) -> tuple[str, str | None]:
     declared = str(task.resources.get("walltime") or DEFAULT_WALLTIME)
     walltime = walltime_for(task.id, task.step, declared, overrides)
+    memory = task.resources.get("memory")
     try:
         walltime_seconds(walltime)
+        if memory is not None:
+            memory_mb(str(memory))
     except FmnistError as exc:
         raise FmnistError(f"task {task.id}: {exc}") from exc
     policy = retry_policy(task.id, task.resources)
-    return attempt_resources(walltime, None, policy, attempt)[0]
+    return attempt_resources(walltime, str(memory) if memory else None, policy, attempt)
 
 
 def check_walltime_names(overrides: dict[str, str], tasks: list[Task]) -> None:
@@ -210,7 +225,7 @@ def plan_jobs(
             name=job_name(task.id),
             script=str(_script(task)),
             walltime=walltime,
-            request=catalog[node_type].request(settings.scheduler),
+            request=catalog[node_type].request(settings.scheduler, task_memory_mb(task, attempt)),
             # The walltime as given: each attempt's job grows it by its attempt number.
             env=job_environment(
                 task, settings, node_type, task_walltime(task, settings.walltimes), attempt
