@@ -114,7 +114,7 @@ RECIPES: dict[str, Recipe | dict[str, Recipe]] = {
     # (docs/recipes-and-accuracy.md, "Peak accuracy: distillation", has the tries).
     "peak": {
         "main": _fast("peak", epochs=30, learning_rate=2e-3),
-        "backup1": _fast("peak", epochs=20, learning_rate=3e-3, teacher="main", distill_weight=0.7),
+        "backup1": _fast("peak", epochs=30, learning_rate=3e-3, teacher="main", distill_weight=0.7),
         "backup2": _fast("peak", epochs=20, learning_rate=3e-3, teacher="main", distill_weight=0.7),
     },
 }
