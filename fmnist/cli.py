@@ -238,21 +238,34 @@ run_option = click.option(
     help="seed: the report's recipe (40 epochs, batch 64); tuned: label smoothing + "
     "best-epoch restore; tuned-wd: tuned with decoupled weight decay; tuned-flip: tuned with "
     "horizontal flips; quick: for runs of 1-3 epochs (faster BatchNorm statistics); fast: "
-    "per-network one-cycle recipe for time to accuracy (bf16 where the CPU runs it natively).",
+    "per-network one-cycle recipe for time to accuracy (bf16 where the CPU runs it natively); "
+    "peak: longer one-cycle runs for peak accuracy, backup1 and backup2 distilled from the "
+    "run's main (train main first, or give --teacher).",
 )
 @click.option(
     "--augment/--no-augment",
     default=None,
     help="Random flips and translations (default: as the recipe says).",
 )
+@click.option(
+    "--teacher",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A distilling recipe's teacher: this model.keras instead of the run's own "
+    "(e.g. main of another run; checked against its run's manifest).",
+)
 @data_dir_option
-def train_command(model, out, epochs, batch_size, limit, seed, patience, recipe, augment, data_dir):
+def train_command(
+    model, out, epochs, batch_size, limit, seed, patience, recipe, augment, teacher, data_dir
+):
     """Train one architecture and save model.keras, history.parquet and curves.
 
     \b
     Example:
       fmnist-batch train --model backup1 --epochs 2 --limit 5000 --out outputs/try
       fmnist-batch train --model main --recipe fast --out outputs/fast
+      fmnist-batch train --model backup2 --recipe peak --out outputs/peak \\
+          --teacher outputs/full/models/main/model.keras
     """
     from fmnist.train_stop import CONTINUE_EXIT, TrainingStopped, catch_early
 
@@ -270,6 +283,7 @@ def train_command(model, out, epochs, batch_size, limit, seed, patience, recipe,
             recipe=recipe,
             augment=augment,
             data_dir=data_dir,
+            teacher=teacher,
         )
         try:
             result = train_model(config, out or default_run_dir(), progress=_progress)

@@ -62,6 +62,10 @@ class TrainingRecord:
     training_precision: str | None = None  # Keras' dtype policy the epochs ran under
     native_bf16: bool | None = None  # whether the CPU ran bf16 natively
     images_per_second: float | None = None  # training images per second of the epochs run
+    # A distilled model's teacher: its network name in this run, or the model.keras path
+    # given with `train --teacher`; and that file's SHA-256.
+    teacher: str | None = None
+    teacher_sha256: str | None = None
 
     @classmethod
     def from_dict(cls, entry: Any) -> TrainingRecord:

@@ -28,11 +28,13 @@ from fmnist.io import (
     FmnistError,
     RunLayout,
     atomic_path,
+    enclosing_run,
+    sha256_cached,
     sha256_file,
     write_json_atomic,
     write_parquet_atomic,
 )
-from fmnist.manifest import TrainingRecord, record_training
+from fmnist.manifest import TrainingRecord, check_model_files, record_training
 from fmnist.recipes import (
     RECIPES,
     Recipe,
@@ -51,7 +53,12 @@ from fmnist.train_stop import (
     remaining_batches,
     stop_callback,
 )
-from fmnist.training_data import training_dataset, validation_dataset
+from fmnist.training_data import (
+    flip_averaged_probabilities,
+    mix_targets,
+    training_dataset,
+    validation_dataset,
+)
 
 __all__ = ["RECIPES", "Recipe", "TrainConfig", "learning_rate", "train_model"]
 
@@ -75,6 +82,9 @@ class TrainConfig:
     recipe: str = "seed"
     augment: bool | None = None  # None: the recipe decides
     data_dir: str | None = None
+    # A distilling recipe's teacher from elsewhere: a model.keras path (None: the recipe's
+    # teacher network in the run trained into).
+    teacher: str | None = None
 
     def resolved_recipe(self) -> Recipe:
         return recipe_for(self.recipe, self.model)
@@ -128,7 +138,7 @@ def _compile(model, recipe: Recipe, steps_per_epoch: int, epochs: int) -> None:
     """Compile with the recipe's loss, optimizer and (one-cycle) per-step schedule."""
     import keras
 
-    if recipe.label_smoothing:
+    if recipe.one_hot:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
@@ -158,12 +168,14 @@ def training_data(
     config: TrainConfig,
     start_epoch: int = 0,
     ordered: bool = False,
+    soft_targets: np.ndarray | None = None,
 ):
     """The tf.data batches a run of ``config`` trains on, from uint8 images and labels.
 
     The order and augmentations are drawn from the per-resume-point stream of the global
     seed (``resume_seed``), so a resumed run does not replay epoch 1; ``ordered``: in the
-    order given (the rest of a stopped epoch).
+    order given (the rest of a stopped epoch). ``soft_targets``: a distilling run's
+    targets, one row per image (:func:`distillation_targets`).
     """
     recipe = config.resolved_recipe()
     augment = config.uses_augmentation()
@@ -171,11 +183,12 @@ def training_data(
         images,
         labels,
         batch_size=config.batch_size,
-        one_hot=bool(recipe.label_smoothing),
+        one_hot=recipe.one_hot,
         flip=augment,
         shift=recipe.shift if augment else 0.0,
         seed=resume_seed(config.seed, start_epoch),
         shuffle=not ordered,
+        soft_targets=soft_targets,
     )
 
 
@@ -332,6 +345,7 @@ def _same_config(checkpoint: Path, config: TrainConfig) -> None:
     # keep what it learned by resuming with --epochs set to the epochs already done.
     current = json.loads(json.dumps(asdict(config)))
     saved_config["epochs"] = current["epochs"]
+    saved_config.setdefault("teacher", None)  # a checkpoint from before distillation
     if saved_config != current:
         raise FmnistError(
             f"{checkpoint}: an interrupted run with a different configuration is here; "
@@ -348,22 +362,27 @@ def train_model(
     recipe = config.resolved_recipe()
     precision = training_precision(recipe)
     layout = RunLayout(Path(run))
+    teacher = resolve_teacher(config, recipe, layout)  # before anything is written
     checkpoint = _checkpoint_dir(layout, config.model)
     checkpoint.mkdir(parents=True, exist_ok=True)
     # SIGTERM (a job's walltime) saves where the training is and stops it: TrainingStopped.
     # Caught from here on, so one that comes while the data loads stops after a batch.
-    with StopRequest() as stop, _dtype_policy(precision):
+    with StopRequest() as stop:
         splits = _splits(config)
-        steps_per_epoch = math.ceil(len(splits[0]) / config.batch_size)
-        start = _start(config, recipe, checkpoint, progress, steps_per_epoch)
-        started = time.perf_counter()
-        if start.epoch < config.epochs:
-            _fit(start, config, recipe, splits, checkpoint, progress, stop)
-        if recipe.restore_best and (checkpoint / "best.weights.h5").exists():
-            start.model.load_weights(checkpoint / "best.weights.h5")
+        soft_targets = None
+        if teacher is not None:  # in float32, before the training's dtype policy
+            soft_targets = distillation_targets(teacher, recipe, splits[0], checkpoint, progress)
+        with _dtype_policy(precision):
+            steps_per_epoch = math.ceil(len(splits[0]) / config.batch_size)
+            start = _start(config, recipe, checkpoint, progress, steps_per_epoch)
+            started = time.perf_counter()
+            if start.epoch < config.epochs:
+                _fit(start, config, recipe, splits, checkpoint, progress, stop, soft_targets)
+            if recipe.restore_best and (checkpoint / "best.weights.h5").exists():
+                start.model.load_weights(checkpoint / "best.weights.h5")
 
     def record(result: TrainResult) -> None:
-        training = _training_record(config, recipe, splits, result, precision)
+        training = _training_record(config, recipe, splits, result, precision, teacher)
         record_training(layout.root, config.model, training)
 
     result = _write_model(layout, config.model, recipe, start, started, record)
@@ -372,6 +391,87 @@ def train_model(
     # Else this call only wrote out a run stopped early (--epochs <= epochs done): the
     # checkpoint stays, so running again with a larger --epochs continues training.
     return result
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The model.keras whose predictions teach a distilling run, as the manifest records it."""
+
+    path: Path
+    name: str  # the teacher network's name in this run, or the path given with --teacher
+    sha256: str
+
+
+def resolve_teacher(config: TrainConfig, recipe: Recipe, layout: RunLayout) -> Teacher | None:
+    """The teacher of a distilling run, its file checked; None for a recipe that does not distill.
+
+    The recipe's teacher network in the run trained into, or ``config.teacher`` (a
+    model.keras from elsewhere). A model.keras inside a run directory must have the
+    SHA-256 its run's manifest recorded (:func:`fmnist.manifest.check_model_files`).
+    """
+    if recipe.teacher is None:
+        if config.teacher is not None:
+            raise FmnistError(
+                f"--teacher {config.teacher}: recipe {config.recipe!r} does not distill "
+                f"{config.model} (a recipe with a teacher does, e.g. peak)"
+            )
+        return None
+    if config.teacher is not None:
+        path, name = Path(config.teacher).absolute(), str(Path(config.teacher).absolute())
+        hint = "check --teacher"
+    else:
+        path, name = layout.keras_model(recipe.teacher).absolute(), recipe.teacher
+        hint = f"train {recipe.teacher} into {layout.root} first, or give --teacher PATH"
+    if not path.is_file():
+        raise FmnistError(f"teacher {path}: model file not found ({hint})")
+    run = enclosing_run(path.parent)
+    if run is not None:
+        check_model_files(run, path)
+    return Teacher(path, name, sha256_cached(path))
+
+
+def distillation_targets(
+    teacher: Teacher,
+    recipe: Recipe,
+    train_split: Split,
+    checkpoint: Path,
+    progress: Callable[[str], None],
+) -> np.ndarray:
+    """The training split's targets: one-hot labels mixed with the teacher's probabilities.
+
+    The teacher's probabilities are the mean over each image and its horizontal flip,
+    computed once and kept beside the checkpoint (a resumed run reads them back).
+    """
+    cache = checkpoint / f"teacher-{teacher.sha256[:16]}-{len(train_split)}.npy"
+    if cache.is_file():
+        probabilities = np.load(cache)
+    else:
+        model = _load_teacher(teacher.path)
+        started = time.perf_counter()
+        probabilities = flip_averaged_probabilities(
+            lambda batch: model(batch, training=False), train_split.images
+        )
+        with atomic_path(cache) as tmp, open(tmp, "wb") as out:
+            np.save(out, probabilities)
+        progress(
+            f"teacher {teacher.name}: probabilities of {len(train_split)} images and their "
+            f"flips in {time.perf_counter() - started:.1f}s"
+        )
+    return mix_targets(train_split.labels, probabilities, recipe.distill_weight)
+
+
+def _load_teacher(path: Path):
+    """The teacher network at ``path``, or a one-line error naming the file."""
+    import keras
+
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # a truncated or foreign file: Keras raises many kinds
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise FmnistError(f"teacher {path}: cannot be loaded ({reason})") from exc
+    if tuple(model.output_shape) != (None, 10):
+        raise FmnistError(f"teacher {path}: output shape {model.output_shape}, not (None, 10)")
+    return model
 
 
 @contextmanager
@@ -462,6 +562,7 @@ def _fit(
     checkpoint: Path,
     progress: Callable[[str], None],
     stop: StopRequest,
+    soft_targets: np.ndarray | None = None,
 ) -> None:
     """Train from ``start.epoch`` to ``config.epochs``, checkpointing after every epoch.
 
@@ -472,9 +573,7 @@ def _fit(
     import keras
 
     train_split, val_split = splits
-    validation = validation_dataset(
-        val_split.images, val_split.labels, one_hot=bool(recipe.label_smoothing)
-    )
+    validation = validation_dataset(val_split.images, val_split.labels, one_hot=recipe.one_hot)
     partial = start.partial
     stream = [partial.stream_epoch if partial else start.epoch]  # the order's seed epoch
 
@@ -510,7 +609,11 @@ def _fit(
         keras.utils.set_random_seed(resume_seed(config.seed, partial.epoch) + partial.batches)
         order = np.concatenate(batches)
         rest = training_data(
-            train_split.images[order], train_split.labels[order], config, ordered=True
+            train_split.images[order],
+            train_split.labels[order],
+            config,
+            ordered=True,
+            soft_targets=None if soft_targets is None else soft_targets[order],
         )
         start.model.fit(
             rest, epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks, shuffle=False,
@@ -526,7 +629,9 @@ def _fit(
         keras.utils.set_random_seed(resume_seed(config.seed, epoch))
     if epoch < config.epochs:
         start.model.fit(
-            training_data(train_split.images, train_split.labels, config, epoch),
+            training_data(
+                train_split.images, train_split.labels, config, epoch, soft_targets=soft_targets
+            ),
             epochs=config.epochs,
             initial_epoch=epoch,
             callbacks=callbacks,
@@ -600,6 +705,7 @@ def _training_record(
     splits: tuple[Split, Split],
     result: TrainResult,
     precision: str,
+    teacher: Teacher | None = None,
 ) -> TrainingRecord:
     """What the manifest records of a training run, under ``models.<model>``."""
     train_split, val_split = splits
@@ -620,6 +726,8 @@ def _training_record(
         training_precision=precision,
         native_bf16=has_native_bf16(),
         images_per_second=round(len(train_split) * len(trained) / seconds, 1) if seconds else None,
+        teacher=teacher.name if teacher else None,
+        teacher_sha256=teacher.sha256 if teacher else None,
     )
 
 

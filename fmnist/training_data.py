@@ -24,18 +24,27 @@ def training_dataset(
     shift: float,
     seed: int,
     shuffle: bool = True,
+    soft_targets: np.ndarray | None = None,
 ):
     """Shuffled, scaled, optionally augmented batches of ``(images, targets)``.
 
     ``images``: uint8 (N, 28, 28); ``flip``: random horizontal flips; ``shift``: random
     translations up to this fraction of the image (0: none). The order and the
     augmentations are drawn from ``seed`` and differ every epoch; ``shuffle=False`` keeps
-    the order given (the rest of an epoch a stopped run had begun).
+    the order given (the rest of an epoch a stopped run had begun). ``soft_targets``:
+    float (N, 10) rows that replace the labels as targets (:func:`mix_targets`).
     """
     import tensorflow as tf
 
     augment = _augmenter(flip, shift, seed)
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+    if soft_targets is not None:
+        if soft_targets.shape != (len(images), NUM_CLASSES):
+            raise ValueError(f"soft_targets: shape {soft_targets.shape}, not ({len(images)}, 10)")
+        one_hot = False  # the rows are the targets already
+        targets = soft_targets.astype(np.float32)
+    else:
+        targets = labels.astype(np.int32)
+    dataset = tf.data.Dataset.from_tensor_slices((images, targets))
     if shuffle:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
@@ -61,6 +70,31 @@ def validation_dataset(images: np.ndarray, labels: np.ndarray, *, one_hot: bool)
         return _scale(x), (tf.one_hot(y, NUM_CLASSES) if one_hot else y)
 
     return dataset.batch(VALIDATION_BATCH).map(prepare).cache().prefetch(tf.data.AUTOTUNE)
+
+
+def mix_targets(labels: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
+    """Distillation targets: ``(1 - weight) * one-hot(labels) + weight * teacher``, float32.
+
+    ``teacher``: (N, 10) class probabilities; each row of the result sums to 1 as theirs do.
+    """
+    one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[labels.astype(np.int64)]
+    return ((1.0 - weight) * one_hot + weight * teacher.astype(np.float32)).astype(np.float32)
+
+
+def flip_averaged_probabilities(predict, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """The mean of ``predict`` on each uint8 image and on its horizontal flip, (N, 10) float32.
+
+    ``predict`` maps a float32 (B, 28, 28, 1) batch in [0, 1] to (B, 10) probabilities
+    (a teacher network). Averaged over both orientations, the result holds for a flipped
+    and an unflipped copy alike, so random flips in training need no teacher per batch.
+    """
+    out = np.empty((len(images), NUM_CLASSES), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].astype(np.float32)[..., np.newaxis] / 255.0
+        both = np.concatenate([batch, batch[:, :, ::-1]])
+        probs = np.asarray(predict(both), dtype=np.float32)
+        out[start : start + len(batch)] = (probs[: len(batch)] + probs[len(batch) :]) / 2
+    return out
 
 
 def _scale(images):

@@ -68,7 +68,7 @@ def test_unknown_recipe_is_a_one_line_error(tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         "error: unknown recipe 'fastest'; valid recipes: seed, tuned, tuned-wd, tuned-flip, "
-        "quick, fast"
+        "quick, fast, peak"
     ]
     assert not (tmp_path / "models").exists()  # refused before any data is loaded
 

@@ -48,6 +48,14 @@ def test_each_record_reads_back_typed(tmp_path):
     assert set(manifest_dict(tmp_path)) == {"models", "evaluations", "jobs", "machine"}
 
 
+def test_a_distilled_model_records_its_teacher_and_an_older_record_reads_without_one(tmp_path):
+    taught = TrainingRecord(keras_sha256="a" * 64, teacher="main", teacher_sha256="c" * 64)
+    record_training(tmp_path, "backup2", taught)
+    assert read_manifest(tmp_path).models["backup2"] == taught
+    older = TrainingRecord.from_dict({"keras_sha256": "a" * 64, "epochs_run": 12})
+    assert older.teacher is None and older.teacher_sha256 is None and older.epochs_run == 12
+
+
 def test_an_f32_only_ir_record_keeps_the_int8_one(tmp_path):
     int8 = {"xml": "models/m/openvino/int8/model.xml", "method": "ptq", "bin_sha256": "c"}
     record_ir(tmp_path, "m", IrRecord(f32={"xml_sha256": "1"}, int8=int8))

@@ -103,6 +103,35 @@ def test_both_profiles_evaluate_and_benchmark_every_variant(tmp_path):
         assert all("--skip-unsupported" in t.args for t in tasks if t.id.startswith("evaluate:"))
 
 
+def test_a_profile_adds_needs_of_single_tasks_on_earlier_ones_of_the_same_step(spec, tmp_path):
+    spec.write_text(
+        SPEC.replace(
+            "[profiles.small.args]",
+            '[profiles.small.needs]\n"first:b" = ["first:a"]\n[profiles.small.args]',
+        )
+    )
+    by_id = {t.id: t for t in expand(load_pipeline(spec), "small", tmp_path, {"data_dir": "D"})}
+    assert by_id["first:b"].needs == ("first:a",) and by_id["first:a"].needs == ()
+    spec.write_text(
+        SPEC.replace(
+            "[profiles.small.args]",
+            '[profiles.small.needs]\n"first:a" = ["first:b"]\n[profiles.small.args]',
+        )
+    )
+    with pytest.raises(FmnistError, match="first:a needs 'first:b', which is no task expanded"):
+        expand(load_pipeline(spec), "small", tmp_path, {"data_dir": "D"})
+
+
+def test_the_peak_profile_trains_the_students_after_their_teacher(tmp_path):
+    by_id = {t.id: t for t in expand(load_pipeline(), "peak", tmp_path)}
+    assert by_id["train:backup1"].needs == by_id["train:backup2"].needs == ("train:main",)
+    assert by_id["train:main"].needs == ()
+    for profile in ("quick", "full"):
+        assert all(
+            not t.needs for t in expand(load_pipeline(), profile, tmp_path) if t.step == "train"
+        )
+
+
 def test_bad_specs_are_clear_errors(tmp_path):
     path = tmp_path / "p.toml"
     path.write_text('[[steps]]\nname = "b"\ncommand = "x"\nneeds = ["a"]\n')

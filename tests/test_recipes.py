@@ -172,3 +172,50 @@ def test_the_training_benchmark_measures_in_a_process_of_its_own():
     assert in_subprocess("gemm", "float32", "0.2")["gflops"] > 0
     with pytest.raises(RuntimeError, match="unknown measurement 'nothing'"):
         in_subprocess("nothing")
+
+
+def test_peak_distills_the_small_networks_from_main_and_trains_main_itself():
+    assert recipe_for("peak", "main").teacher is None
+    for student in ("backup1", "backup2"):
+        recipe = recipe_for("peak", student)
+        assert recipe.teacher == "main" and 0 < recipe.distill_weight < 1
+        assert recipe.one_hot and recipe.schedule == "one-cycle" and recipe.name == "peak"
+    with pytest.raises(FmnistError, match="distill_weight without a teacher"):
+        type(recipe)("x", distill_weight=0.5)
+
+
+@pytest.mark.slow
+def test_a_distilled_student_learns_from_a_teacher_of_another_run(tmp_path, dataset_dir, dataset):
+    # A tiny teacher (backup1, fast, two epochs on 6,000 images, about 75 %) teaches
+    # backup2 with the peak recipe on 3,000 images: the student learns, and the manifest
+    # names the teacher's file and its SHA-256.
+    import keras
+
+    from fmnist.data import to_model_input
+    from fmnist.io import sha256_file
+    from fmnist.manifest import read_manifest
+
+    teacher_run, student_run = tmp_path / "teacher", tmp_path / "student"
+    teach = TrainConfig("backup1", epochs=2, limit=6000, recipe="fast", data_dir=str(dataset_dir))
+    teacher = train_model(teach, teacher_run, progress=lambda _: None).model_path
+    config = TrainConfig(
+        "backup2",
+        epochs=2,
+        batch_size=32,
+        limit=3000,
+        recipe="peak",
+        teacher=str(teacher),
+        data_dir=str(dataset_dir),
+    )
+    lines: list[str] = []
+    result = train_model(config, student_run, progress=lines.append)
+    assert lines[0].startswith(f"teacher {teacher}: probabilities of 3000 images")
+    history = result.history
+    assert history["loss"].iloc[1] < history["loss"].iloc[0]
+    student = keras.models.load_model(result.model_path)
+    images, labels = to_model_input(dataset.test.images[:1000]), dataset.test.labels[:1000]
+    assert (student.predict(images, verbose=0).argmax(axis=1) == labels).mean() >= 0.6
+    entry = read_manifest(student_run).models["backup2"]
+    assert entry.teacher == str(teacher) and entry.teacher_sha256 == sha256_file(teacher)
+    assert entry.recipe["distill_weight"] == recipe_for("peak", "backup2").distill_weight
+    assert not (student_run / "models" / "backup2" / "checkpoint").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fmnist.io import RunLayout
 from fmnist.train import (
     RECIPES,
     TrainConfig,
@@ -130,3 +131,111 @@ def test_a_short_quick_run_predicts_more_than_one_class(tmp_path, dataset_dir, d
     predicted = model.predict(images, verbose=0).argmax(axis=1)
     assert len(set(predicted)) == 10
     assert (predicted == labels).mean() >= 0.6
+
+
+# --------------------------------------------------------------------------- distillation
+
+
+def _teacher_rows(n: int) -> np.ndarray:
+    return np.random.default_rng(2).dirichlet(np.ones(10), n).astype(np.float32)
+
+
+def test_distillation_targets_are_probability_rows_and_alpha_zero_is_the_one_hot_label():
+    from fmnist.training_data import mix_targets
+
+    labels, teacher = np.arange(30) % 10, _teacher_rows(30)
+    for alpha in (0.0, 0.3, 0.7, 1.0):
+        mixed = mix_targets(labels, teacher, alpha)
+        assert mixed.dtype == np.float32 and mixed.shape == (30, 10)
+        assert mixed.sum(axis=1) == pytest.approx(np.ones(30), abs=1e-6)
+    assert np.array_equal(mix_targets(labels, teacher, 0.0), np.eye(10)[labels])
+    assert mix_targets(labels, teacher, 1.0) == pytest.approx(teacher)
+    half = mix_targets(labels, teacher, 0.5)
+    assert half[0, 0] == pytest.approx(0.5 + teacher[0, 0] / 2)
+
+
+def test_alpha_zero_feeds_the_batches_a_non_distilling_run_is_fed():
+    from fmnist.training_data import mix_targets
+
+    config = TrainConfig("backup1", batch_size=16, recipe="tuned-flip").with_recipe_defaults()
+    labels = np.arange(64) % 10
+    plain = next(iter(training_data(_images(), labels, config)))
+    soft = mix_targets(labels, _teacher_rows(64), 0.0)
+    taught = next(iter(training_data(_images(), labels, config, soft_targets=soft)))
+    assert np.array_equal(plain[0].numpy(), taught[0].numpy())  # same order and flips
+    assert np.array_equal(plain[1].numpy(), taught[1].numpy())  # the same one-hot rows
+    # A real teacher's rows travel with their images through the shuffle.
+    teacher = mix_targets(labels, _teacher_rows(64), 0.6)
+    x, y = next(iter(training_data(_images(), labels, config, soft_targets=teacher)))
+    by_row = {row.tobytes(): i for i, row in enumerate(teacher)}
+    order = [by_row[row.tobytes()] for row in y.numpy()]
+    for image, i in zip(x.numpy()[..., 0], order, strict=True):
+        original = _images()[i].astype(np.float32) / 255.0
+        assert np.array_equal(image, original) or np.array_equal(image, original[:, ::-1])
+
+
+def test_the_teacher_probabilities_average_each_image_with_its_flip():
+    from fmnist.training_data import flip_averaged_probabilities
+
+    weights = np.random.default_rng(3).normal(size=(784, 10)).astype(np.float32)
+
+    def predict(batch):  # a teacher that tells left from right
+        logits = batch.reshape(len(batch), -1) @ weights
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    images = _images(7)
+    averaged = flip_averaged_probabilities(predict, images, batch_size=3)  # a ragged last batch
+    scaled = images.astype(np.float32)[..., None] / 255.0
+    expected = (predict(scaled) + predict(scaled[:, :, ::-1])) / 2
+    assert averaged.shape == (7, 10) and averaged == pytest.approx(expected, abs=1e-6)
+    assert averaged.sum(axis=1) == pytest.approx(np.ones(7), abs=1e-5)
+    assert not np.allclose(predict(scaled), predict(scaled[:, :, ::-1]))  # flips matter to it
+    mirrored = flip_averaged_probabilities(predict, images[:, :, ::-1].copy(), batch_size=3)
+    assert mirrored == pytest.approx(averaged, abs=1e-6)  # the same for a flipped image
+
+
+def test_a_missing_or_unreadable_teacher_is_a_one_line_error(tmp_path):
+    from click.testing import CliRunner
+
+    from fmnist.cli import main
+
+    def train(*args):
+        base = ["train", "--model", "backup2", "--out", str(tmp_path / "run")]
+        return CliRunner().invoke(main, [*base, *args])
+
+    own = tmp_path / "run" / "models" / "main" / "model.keras"
+    result = train("--recipe", "peak")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"error: teacher {own}: model file not found "
+        f"(train main into {tmp_path / 'run'} first, or give --teacher PATH)"
+    ]
+    elsewhere = tmp_path / "other" / "main.keras"
+    result = train("--recipe", "peak", "--teacher", str(elsewhere))
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"error: teacher {elsewhere}: model file not found (check --teacher)"
+    ]
+    assert not (tmp_path / "run" / "models").exists()  # refused before anything is written
+    result = train("--recipe", "fast", "--teacher", str(elsewhere))
+    assert result.exit_code == 1
+    assert "recipe 'fast' does not distill backup2" in result.output
+    # A teacher in a run directory must be the file its run recorded.
+    other_run = tmp_path / "other"
+    RunLayout(other_run).keras_model("main").parent.mkdir(parents=True)
+    RunLayout(other_run).keras_model("main").write_bytes(b"not a zip")
+    (other_run / "manifest.json").write_text("{}")
+    result = train("--recipe", "peak", "--teacher", str(RunLayout(other_run).keras_model("main")))
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "model.keras: not recorded in" in result.output
+
+
+def test_a_teacher_that_keras_cannot_read_is_named(tmp_path):
+    from fmnist.io import FmnistError
+    from fmnist.train import _load_teacher
+
+    corrupt = tmp_path / "model.keras"
+    corrupt.write_bytes(b"not a zip")
+    with pytest.raises(FmnistError, match=f"teacher {corrupt}: cannot be loaded"):
+        _load_teacher(corrupt)

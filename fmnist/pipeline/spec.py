@@ -38,6 +38,9 @@ class Profile:
     description: str
     values: dict
     args: dict[str, str]
+    # Extra needs of single tasks, on tasks expanded before them (of the same step too):
+    # "train:backup1" = ["train:main"].
+    needs: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ def load_pipeline(path: Path | str | None = None) -> Pipeline:
             name=name,
             description=body.pop("description", ""),
             args=dict(body.pop("args", {})),
+            needs={k: list(v) for k, v in body.pop("needs", {}).items()},
             values=body,
         )
     return Pipeline(steps, profiles, path)
@@ -234,6 +238,13 @@ def expand(
                     shared = set(other.values) & set(combo)
                     if all(other.values[k] == combo[k] for k in shared):
                         needs.append(other.id)
+            for needed in profile.needs.get(task_id, ()):
+                if not any(t.id == needed for t in tasks):
+                    raise FmnistError(
+                        f"profile {profile_name!r}: {task_id} needs {needed!r}, "
+                        "which is no task expanded before it"
+                    )
+                needs.append(needed)
             task = Task(
                 id=task_id,
                 step=step.name,
