@@ -22,6 +22,7 @@ from fmnist.pipeline.attempts import (
     format_walltime,
     memory_mb,
     retry_policy,
+    task_attempt_resources,
     walltime_seconds,
     worth_retrying,
 )
@@ -96,6 +97,22 @@ def test_resources_grow_per_attempt():
     assert attempt_resources("00:01:40", "2gb", policy, 3) == ("00:06:40", "4608mb")
     assert attempt_resources("01:00:00", None, RetryPolicy(), 2) == ("01:00:00", None)
     assert [policy.attempts_left(a) for a in (1, 2, 3)] == [True, True, False]
+
+
+def test_a_tasks_resources_come_from_its_override_else_the_declared_walltime():
+    """The one resolution both `submit` (declared: the step's walltime) and a running job
+    (declared: none, so Torque's own PBS_WALLTIME counts) use."""
+    resources = {"memory": "4gb", "retries": 2, "grow": {"walltime": 2, "memory": 2.0}}
+    overrides = {"train": "00:10:00", "train:main": "00:30:00"}
+    resolve = task_attempt_resources
+    assert resolve("train:main", "train", resources, overrides, "", 1) == ("00:30:00", "4096mb")
+    assert resolve("train:backup1", "train", resources, overrides, "", 2) == ("00:20:00", "8192mb")
+    assert resolve("report", "report", {}, overrides, "01:00:00", 1) == ("01:00:00", None)
+    assert resolve("report", "report", {}, {}, "", 3) == (None, None)
+    with pytest.raises(FmnistError, match=r"^task train:main: memory 'lots' is not a number"):
+        resolve("train:main", "train", {"memory": "lots"}, {}, "", 1)
+    with pytest.raises(FmnistError, match=r"^task report: walltime '1h' is not"):
+        resolve("report", "report", {}, {"report": "1h"}, "", 1)
 
 
 @pytest.mark.parametrize(

@@ -257,15 +257,37 @@ def memory_mb(text: str) -> int:
 
 
 def attempt_resources(
-    walltime: str, memory: str | None, policy: RetryPolicy, attempt: int
-) -> tuple[str, str | None]:
-    """The walltime and memory of attempt ``attempt`` (1 = as declared), grown per attempt.
+    walltime: str | None, memory: str | None, policy: RetryPolicy, attempt: int
+) -> tuple[str | None, str | None]:
+    """The walltime and memory of attempt ``attempt`` (1 = as declared), grown per attempt;
+    None stays None.
 
     Memory is given back in MB (``2048mb``), which every flavor's request reads.
     """
     factor = attempt - 1
-    grown_walltime = format_walltime(walltime_seconds(walltime) * policy.walltime_growth**factor)
+    grown_walltime = None
+    if walltime:
+        seconds = walltime_seconds(walltime) * policy.walltime_growth**factor
+        grown_walltime = format_walltime(seconds)
     grown_memory = None
     if memory:
         grown_memory = f"{round(memory_mb(memory) * policy.memory_growth**factor)}mb"
     return grown_walltime, grown_memory
+
+
+def task_attempt_resources(
+    task_id: str, step: str, resources: dict, overrides: dict[str, str], declared: str, attempt: int
+) -> tuple[str | None, str | None]:
+    """The walltime and memory a task's attempt ``attempt`` asks for, grown per attempt.
+
+    The walltime is the task's override (:func:`walltime_for`), else ``declared``; None
+    when neither gives one. The memory is the step's ``memory``, None when it has none.
+    A value that does not parse is a one-line error naming the task.
+    """
+    walltime = walltime_for(task_id, step, declared, overrides) or None
+    memory = resources.get("memory")
+    policy = retry_policy(task_id, resources)
+    try:
+        return attempt_resources(walltime, str(memory) if memory else None, policy, attempt)
+    except FmnistError as exc:
+        raise FmnistError(f"task {task_id}: {exc}") from exc

@@ -36,11 +36,10 @@ from fmnist.pipeline.attempts import (
     DONE,
     WALLTIME,
     AttemptEnd,
-    attempt_resources,
     classify_exit,
     parse_walltime_overrides,
     retry_policy,
-    walltime_for,
+    task_attempt_resources,
     walltime_seconds,
     walltime_warning,
 )
@@ -85,10 +84,11 @@ def job_walltime(environ: Mapping[str, str], task: Task, attempt: int = 1) -> in
     text = environ.get("FMNIST_WALLTIME", "").strip()
     if text:
         overrides = parse_walltime_overrides(text.split())
-        walltime = walltime_for(task.id, task.step, "", overrides)
+        walltime, _ = task_attempt_resources(
+            task.id, task.step, task.resources, overrides, "", attempt
+        )
         if walltime:
-            policy = retry_policy(task.id, task.resources)
-            return walltime_seconds(attempt_resources(walltime, None, policy, attempt)[0])
+            return walltime_seconds(walltime)
     seconds = environ.get("PBS_WALLTIME", "")
     return int(seconds) if seconds.isdigit() and int(seconds) > 0 else None
 

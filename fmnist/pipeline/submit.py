@@ -37,11 +37,9 @@ from fmnist.io import (
     write_json_atomic,
 )
 from fmnist.pipeline.attempts import (
-    attempt_resources,
     memory_mb,
     parse_walltime_overrides,
-    retry_policy,
-    walltime_for,
+    task_attempt_resources,
     walltime_seconds,
     walltime_warning,
 )
@@ -148,16 +146,7 @@ def task_memory_mb(task: Task, attempt: int = 1) -> int | None:
 
 def _task_resources(task: Task, overrides: dict[str, str], attempt: int) -> tuple[str, str | None]:
     declared = str(task.resources.get("walltime") or DEFAULT_WALLTIME)
-    walltime = walltime_for(task.id, task.step, declared, overrides)
-    memory = task.resources.get("memory")
-    try:
-        walltime_seconds(walltime)
-        if memory is not None:
-            memory_mb(str(memory))
-    except FmnistError as exc:
-        raise FmnistError(f"task {task.id}: {exc}") from exc
-    policy = retry_policy(task.id, task.resources)
-    return attempt_resources(walltime, str(memory) if memory else None, policy, attempt)
+    return task_attempt_resources(task.id, task.step, task.resources, overrides, declared, attempt)
 
 
 def check_walltime_names(overrides: dict[str, str], tasks: list[Task]) -> None:
