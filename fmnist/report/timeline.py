@@ -74,14 +74,15 @@ def draw_timeline(run: RunData, out: Path) -> Figure | None:
 
     start, end = seconds(rows["started"]), seconds(rows["ended"])
     queued = seconds(rows["submitted"].fillna(rows["started"]))
-    fig, ax = plt.subplots(figsize=(10, 1.8 + 0.32 * len(rows)))
+    height = 1.8 + 0.32 * len(rows)
+    fig, ax = plt.subplots(figsize=(10, height))
     for i, row in rows.iterrows():
         ax.barh(i, start[i] - queued[i], left=queued[i], color=QUEUE_COLOR, height=0.7)
         color = CAUSE_COLORS.get(row["cause"], "#333333")
         ax.barh(i, end[i] - start[i], left=start[i], color=color, height=0.7)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([f"{r.task_id} #{r.attempt}" for r in rows.itertuples()], fontsize=7)
-    ax.invert_yaxis()
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # first lane on top, no margin rows above or below
     # A rule and a label between hosts: the lanes are grouped by where they ran.
     for host, group in rows.groupby("host", sort=False):
         ax.axhline(group.index.min() - 0.5, color="#999999", linewidth=0.5)
@@ -92,10 +93,11 @@ def draw_timeline(run: RunData, out: Path) -> Figure | None:
     for cause in dict.fromkeys(rows["cause"]):
         handles.append(plt.Rectangle((0, 0), 1, 1, color=CAUSE_COLORS.get(cause, "#333333")))
         labels.append(f"run: {cause}")
-    ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=6)
+    # The legend in a strip of fixed height at the figure's foot, whatever the lane count.
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=6, frameon=False)
     ax.set_xlabel("seconds since the first submission")
     ax.set_title(f"Job attempts of {run.label}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.35 / height, 1, 1))
     path = Path("figures") / f"timeline__{slug(run.label)}.png"
     _save(fig, plt, out / path)
     caption = f"Timeline of {run.label}: queue wait (grey) and run time of each job attempt"
