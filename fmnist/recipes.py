@@ -38,6 +38,9 @@ class Recipe:
     weight_decay: float = 0.0  # decoupled (AdamW); 0 keeps plain Adam
     # BatchNormalization's moving-average momentum; None keeps the layers' own (Keras: 0.99).
     batch_norm_momentum: float | None = None
+    # Training-time Dropout rates are the architecture's times this (0: no dropout while
+    # training). Inference is unchanged, and the saved model keeps the architecture's rates.
+    dropout_scale: float = 1.0
     epochs: int = 40  # what --epochs defaults to
     batch_size: int = 64  # what --batch-size defaults to
     precision: str = "f32"
@@ -54,6 +57,8 @@ class Recipe:
             raise FmnistError(f"recipe {self.name}: unknown precision {self.precision!r}")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise FmnistError(f"recipe {self.name}: distill_weight must be within [0, 1]")
+        if not 0.0 <= self.dropout_scale <= 1.0:
+            raise FmnistError(f"recipe {self.name}: dropout_scale must be within [0, 1]")
         if self.distill_weight and self.teacher is None:
             raise FmnistError(f"recipe {self.name}: distill_weight without a teacher")
 

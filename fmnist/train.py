@@ -134,6 +134,19 @@ def apply_batch_norm_momentum(model, recipe: Recipe) -> None:
             layer.momentum = recipe.batch_norm_momentum
 
 
+def scale_dropout(model, recipe: Recipe) -> None:
+    """Multiply every Dropout layer's rate by the recipe's ``dropout_scale`` for training.
+
+    Like the momentum, a training setting kept in a checkpoint (a resumed run keeps it);
+    the published model is rebuilt with the architecture's own rates (``inference_copy``).
+    """
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = layer.rate * recipe.dropout_scale
+
+
 def _compile(model, recipe: Recipe, steps_per_epoch: int, epochs: int) -> None:
     """Compile with the recipe's loss, optimizer and (one-cycle) per-step schedule."""
     import keras
@@ -550,6 +563,7 @@ def _new_model(config: TrainConfig, recipe: Recipe, steps_per_epoch: int):
     """A freshly built network, compiled with the recipe's loss, optimizer and schedule."""
     model = create_model(config.model)
     apply_batch_norm_momentum(model, recipe)
+    scale_dropout(model, recipe)
     _compile(model, recipe, steps_per_epoch, config.epochs)
     return model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fmnist.io import RunLayout
+from fmnist.io import FmnistError, RunLayout
 from fmnist.train import (
     RECIPES,
     TrainConfig,
@@ -112,6 +112,26 @@ def test_the_quick_recipe_sets_batch_norm_momentum_and_nothing_of_the_architectu
     untouched = create_model("backup2")
     apply_batch_norm_momentum(untouched, RECIPES["seed"])
     assert momenta(untouched) == [0.99, 0.99]  # the layers' own
+
+
+def test_dropout_scale_changes_the_training_rates_not_the_published_network():
+    from dataclasses import replace
+
+    from fmnist.architectures import create_model, layer_table
+    from fmnist.train import inference_copy, scale_dropout
+
+    def rates(model) -> list[float]:
+        return [layer.rate for layer in model.layers if "dropout" in layer.name]
+
+    trained = create_model("backup2")
+    before = layer_table(trained)
+    scale_dropout(trained, replace(RECIPES["seed"], dropout_scale=0.5))
+    assert rates(trained) == [0.125, 0.125, 0.25]
+    assert layer_table(trained) == before
+    published = inference_copy(trained, "backup2", RECIPES["seed"])
+    assert rates(published) == [0.25, 0.25, 0.5]  # the architecture's own
+    with pytest.raises(FmnistError, match="dropout_scale"):
+        replace(RECIPES["seed"], dropout_scale=1.5)
 
 
 @pytest.mark.slow
