@@ -116,7 +116,8 @@ RECIPES: dict[str, Recipe | dict[str, Recipe]] = {
     },
     # Peak accuracy: main's one-cycle for longer; the small networks distilled from the
     # run's main, its flip-averaged probabilities weighted 0.7 in their targets; backup2
-    # without dropout while training (with it, it underfit the teacher's targets)
+    # weighting them 0.9 without label smoothing, and without dropout while training
+    # (with it, it underfit the teacher's targets)
     # (docs/recipes-and-accuracy.md, "Peak accuracy: distillation", has the tries).
     "peak": {
         "main": _fast("peak", epochs=30, learning_rate=2e-3),
@@ -126,7 +127,8 @@ RECIPES: dict[str, Recipe | dict[str, Recipe]] = {
             epochs=30,
             learning_rate=3e-3,
             teacher="main",
-            distill_weight=0.7,
+            distill_weight=0.9,
+            label_smoothing=0.0,
             dropout_scale=0.0,
         ),
     },

@@ -9,6 +9,7 @@ checkpoint kept, so a later run with a larger ``--epochs`` continues it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -443,6 +444,18 @@ def resolve_teacher(config: TrainConfig, recipe: Recipe, layout: RunLayout) -> T
     return Teacher(path, name, sha256_cached(path))
 
 
+def teacher_cache_name(teacher_sha256: str, train_split: Split) -> str:
+    """The file name of a teacher's probabilities on ``train_split``.
+
+    Named by the teacher's SHA-256 and a digest of the split's images and labels, in
+    their order: rows computed for another split (another seed or limit) are never
+    read back as this one's, whatever its length.
+    """
+    digest = hashlib.sha256(train_split.images.tobytes())
+    digest.update(train_split.labels.tobytes())
+    return f"teacher-{teacher_sha256[:16]}-{len(train_split)}-{digest.hexdigest()[:16]}.npy"
+
+
 def distillation_targets(
     teacher: Teacher,
     recipe: Recipe,
@@ -455,7 +468,7 @@ def distillation_targets(
     The teacher's probabilities are the mean over each image and its horizontal flip,
     computed once and kept beside the checkpoint (a resumed run reads them back).
     """
-    cache = checkpoint / f"teacher-{teacher.sha256[:16]}-{len(train_split)}.npy"
+    cache = checkpoint / teacher_cache_name(teacher.sha256, train_split)
     if cache.is_file():
         probabilities = np.load(cache)
     else:

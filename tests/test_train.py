@@ -174,6 +174,22 @@ def test_distillation_targets_are_probability_rows_and_alpha_zero_is_the_one_hot
     assert half[0, 0] == pytest.approx(0.5 + teacher[0, 0] / 2)
 
 
+def test_the_teachers_cached_rows_are_named_by_the_split_they_were_computed_for():
+    from fmnist.data import Split
+    from fmnist.train import teacher_cache_name
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    labels = np.arange(40, dtype=np.uint8) % 10
+    split = Split(images, labels)
+    reordered = Split(images[::-1].copy(), labels[::-1].copy())  # another seed's order
+    name = teacher_cache_name("ab" * 32, split)
+    assert name == teacher_cache_name("ab" * 32, Split(images.copy(), labels.copy()))
+    assert name.startswith("teacher-" + "ab" * 8 + "-40-") and name.endswith(".npy")
+    assert teacher_cache_name("ab" * 32, reordered) != name  # same length, other rows
+    assert teacher_cache_name("cd" * 32, split) != name
+
+
 def test_alpha_zero_feeds_the_batches_a_non_distilling_run_is_fed():
     from fmnist.training_data import mix_targets
 
