@@ -111,6 +111,8 @@ def test_a_tasks_resources_come_from_its_override_else_the_declared_walltime():
     assert resolve("report", "report", {}, {}, "", 3) == (None, None)
     with pytest.raises(FmnistError, match=r"^task train:main: memory 'lots' is not a number"):
         resolve("train:main", "train", {"memory": "lots"}, {}, "", 1)
+    with pytest.raises(FmnistError, match=r"^task train:main: memory '' is not a number"):
+        resolve("train:main", "train", {"memory": ""}, {}, "", 1)  # declared, though empty
     with pytest.raises(FmnistError, match=r"^task report: walltime '1h' is not"):
         resolve("report", "report", {}, {"report": "1h"}, "", 1)
 

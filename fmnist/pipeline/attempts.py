@@ -288,6 +288,8 @@ def task_attempt_resources(
     memory = resources.get("memory")
     policy = retry_policy(task_id, resources)
     try:
+        if memory is not None:  # a declared but empty or zero memory is still checked
+            memory_mb(str(memory))
         return attempt_resources(walltime, str(memory) if memory else None, policy, attempt)
     except FmnistError as exc:
         raise FmnistError(f"task {task_id}: {exc}") from exc
