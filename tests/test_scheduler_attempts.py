@@ -73,15 +73,17 @@ def epochs_for_two_windows(tmp_path_factory) -> int:
     """Epochs that last about 1.5 of a job's working window on this machine, now.
 
     An epoch takes 4.5 s on an idle 2-core EPYC and three times as long on a loaded one,
-    so a fixed count either ends inside one job or takes many: measure one epoch here
-    (in a job's stead) and size the training to need a second job, rarely a third.
+    so a fixed count either ends inside one job or takes many: measure an epoch here
+    (in a job's stead) and size the training to need a second job, sometimes a third.
+    The second epoch is the one timed: the first carries the graph's tracing (7-9 s where
+    the rest take 4.5), which sized a training that ended inside one job on a quiet machine.
     """
     run = tmp_path_factory.mktemp("epoch")
-    command = [*FMNIST, *TRAINING.format(model="backup1").split(), "--epochs", "1"]
+    command = [*FMNIST, *TRAINING.format(model="backup1").split(), "--epochs", "2"]
     subprocess.run([*command, "--out", str(run)], check=True, capture_output=True)
     import pyarrow.parquet as pq
 
-    seconds = pq.read_table(run / "models" / "backup1" / "history.parquet")["seconds"][0]
+    seconds = pq.read_table(run / "models" / "backup1" / "history.parquet")["seconds"][1]
     window = WALLTIME_S - walltime_warning(WALLTIME_S)
     return max(3, min(40, round(1.5 * window / seconds.as_py())))
 
@@ -121,7 +123,9 @@ def test_training_outlives_its_walltime_and_its_dependents_wait_for_the_task(
     assert (run / "after.csv").stat().st_mtime >= model.stat().st_mtime
     assert train_job["job_id"] in record["jobs"]["report"]["after"]
     shown = status_text(cluster, run)
-    assert "1 walltime, 2 " in shown, shown
+    # However many windows this machine's speed took: each attempt numbered, in order.
+    windows = ", ".join(f"{n} walltime" for n in range(1, len(history) + 1))
+    assert f"{windows}, {len(history) + 1} " in shown, shown
     # The trace: a row per attempt, written by each job, in the order they ran.
     trace = read_trace(run)
     training = trace[trace["task_id"] == "train:backup1"]
