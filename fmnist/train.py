@@ -57,6 +57,7 @@ from fmnist.train_stop import (
 from fmnist.training_data import (
     flip_averaged_probabilities,
     mix_targets,
+    shifted_views,
     training_dataset,
     validation_dataset,
 )
@@ -383,15 +384,18 @@ def train_model(
     # Caught from here on, so one that comes while the data loads stops after a batch.
     with StopRequest() as stop:
         splits = _splits(config)
+        trained_on = (with_teacher_views(splits[0], recipe, config.seed), splits[1])
         soft_targets = None
         if teacher is not None:  # in float32, before the training's dtype policy
-            soft_targets = distillation_targets(teacher, recipe, splits[0], checkpoint, progress)
+            soft_targets = distillation_targets(
+                teacher, recipe, trained_on[0], checkpoint, progress
+            )
         with _dtype_policy(precision):
-            steps_per_epoch = math.ceil(len(splits[0]) / config.batch_size)
+            steps_per_epoch = math.ceil(len(trained_on[0]) / config.batch_size)
             start = _start(config, recipe, checkpoint, progress, steps_per_epoch)
             started = time.perf_counter()
             if start.epoch < config.epochs:
-                _fit(start, config, recipe, splits, checkpoint, progress, stop, soft_targets)
+                _fit(start, config, recipe, trained_on, checkpoint, progress, stop, soft_targets)
             if recipe.restore_best and (checkpoint / "best.weights.h5").exists():
                 start.model.load_weights(checkpoint / "best.weights.h5")
 
@@ -444,6 +448,15 @@ def resolve_teacher(config: TrainConfig, recipe: Recipe, layout: RunLayout) -> T
     return Teacher(path, name, sha256_cached(path))
 
 
+def with_teacher_views(train_split: Split, recipe: Recipe, seed: int) -> Split:
+    """The examples a run trains on: ``train_split``, with the recipe's shifted views of
+    each image after the images themselves (:func:`shifted_views`), labels repeated."""
+    if recipe.teacher_views <= 1:
+        return train_split
+    images = shifted_views(train_split.images, recipe.teacher_views, seed)
+    return Split(images, np.tile(train_split.labels, recipe.teacher_views))
+
+
 def teacher_cache_name(teacher_sha256: str, train_split: Split) -> str:
     """The file name of a teacher's probabilities on ``train_split``.
 
@@ -467,6 +480,8 @@ def distillation_targets(
 
     The teacher's probabilities are the mean over each image and its horizontal flip,
     computed once and kept beside the checkpoint (a resumed run reads them back).
+    ``train_split`` holds the recipe's views too (:func:`with_teacher_views`): the teacher
+    sees each view as the student will.
     """
     cache = checkpoint / teacher_cache_name(teacher.sha256, train_split)
     if cache.is_file():
@@ -479,9 +494,16 @@ def distillation_targets(
         )
         with atomic_path(cache) as tmp, open(tmp, "wb") as out:
             np.save(out, probabilities)
+        views = recipe.teacher_views
+        examples = f"{len(train_split)} images"
+        if views > 1:
+            examples = (
+                f"{len(train_split) // views} images, {views - 1} shifted views of each "
+                f"({len(train_split)} in all),"
+            )
         progress(
-            f"teacher {teacher.name}: probabilities of {len(train_split)} images and their "
-            f"flips in {time.perf_counter() - started:.1f}s"
+            f"teacher {teacher.name}: probabilities of {examples} and their flips "
+            f"in {time.perf_counter() - started:.1f}s"
         )
     return mix_targets(train_split.labels, probabilities, recipe.distill_weight)
 
@@ -752,7 +774,12 @@ def _training_record(
         # bf16 natively (recipe precision "bf16-native"), float32 elsewhere.
         training_precision=precision,
         native_bf16=has_native_bf16(),
-        images_per_second=round(len(train_split) * len(trained) / seconds, 1) if seconds else None,
+        # Every example an epoch passed over: the images and their teacher views.
+        images_per_second=(
+            round(len(train_split) * recipe.teacher_views * len(trained) / seconds, 1)
+            if seconds
+            else None
+        ),
         teacher=teacher.name if teacher else None,
         teacher_sha256=teacher.sha256 if teacher else None,
     )

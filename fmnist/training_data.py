@@ -97,6 +97,37 @@ def flip_averaged_probabilities(predict, images: np.ndarray, batch_size: int = 5
     return out
 
 
+def shifted_views(images: np.ndarray, views: int, seed: int, max_shift: int = 2) -> np.ndarray:
+    """``images`` followed by ``views - 1`` shifted copies of them, uint8 (N * views, 28, 28).
+
+    Each copy of an image moves it by a random whole-pixel offset of up to ``max_shift`` in
+    each direction (never none), filling the uncovered edge with background (0). Drawn from
+    ``seed`` alone, so a resumed run rebuilds the same views (and finds their cached
+    teacher probabilities).
+    """
+    if views <= 1:
+        return images
+    rng = np.random.default_rng(seed)
+    size = 2 * max_shift + 1
+    # Every offset but (0, 0), indexed 0 .. size**2 - 2.
+    offsets = [(dy, dx) for dy in range(-max_shift, max_shift + 1)
+               for dx in range(-max_shift, max_shift + 1) if dy or dx]  # fmt: skip
+    padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)))
+    height, width = images.shape[1:]
+    out = [images]
+    for _ in range(views - 1):
+        chosen = rng.integers(0, size * size - 1, size=len(images))
+        view = np.empty_like(images)
+        for index, (dy, dx) in enumerate(offsets):
+            rows = np.flatnonzero(chosen == index)
+            # The image moved by (dy, dx): the window of the padded image that starts
+            # max_shift - dy rows and max_shift - dx columns in.
+            top, left = max_shift - dy, max_shift - dx
+            view[rows] = padded[rows, top : top + height, left : left + width]
+        out.append(view)
+    return np.concatenate(out)
+
+
 def _scale(images):
     """uint8 (B, 28, 28) to float32 (B, 28, 28, 1) in [0, 1], as ``data.to_model_input``."""
     import tensorflow as tf

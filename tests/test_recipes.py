@@ -209,7 +209,12 @@ def test_a_distilled_student_learns_from_a_teacher_of_another_run(tmp_path, data
     )
     lines: list[str] = []
     result = train_model(config, student_run, progress=lines.append)
-    assert lines[0].startswith(f"teacher {teacher}: probabilities of 3000 images")
+    # The teacher sees every example the student trains on: the images and their views.
+    views = recipe_for("peak", "backup2").teacher_views
+    assert lines[0].startswith(
+        f"teacher {teacher}: probabilities of 3000 images, {views - 1} shifted views of each "
+        f"({3000 * views} in all), and their flips in "
+    ), lines[0]
     history = result.history
     assert history["loss"].iloc[1] < history["loss"].iloc[0]
     student = keras.models.load_model(result.model_path)
@@ -218,4 +223,5 @@ def test_a_distilled_student_learns_from_a_teacher_of_another_run(tmp_path, data
     entry = read_manifest(student_run).models["backup2"]
     assert entry.teacher == str(teacher) and entry.teacher_sha256 == sha256_file(teacher)
     assert entry.recipe["distill_weight"] == recipe_for("peak", "backup2").distill_weight
+    assert entry.train_images == 3000  # the split's images, not the views
     assert not (student_run / "models" / "backup2" / "checkpoint").exists()

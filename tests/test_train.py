@@ -190,6 +190,48 @@ def test_the_teachers_cached_rows_are_named_by_the_split_they_were_computed_for(
     assert teacher_cache_name("cd" * 32, split) != name
 
 
+def test_teacher_views_are_the_images_then_copies_moved_by_at_most_two_pixels():
+    from fmnist.data import Split
+    from fmnist.recipes import Recipe
+    from fmnist.train import with_teacher_views
+    from fmnist.training_data import shifted_views
+
+    # One lit pixel per image, away from the edges: a view's moved pixel shows its offset.
+    images = np.zeros((50, 28, 28), dtype=np.uint8)
+    spots = np.random.default_rng(4).integers(3, 25, (50, 2))
+    images[np.arange(50), spots[:, 0], spots[:, 1]] = 200
+    views = shifted_views(images, 4, seed=7)
+    assert views.shape == (200, 28, 28) and views.dtype == np.uint8
+    assert np.array_equal(views[:50], images)  # the images themselves come first
+    offsets = set()
+    for k in range(1, 4):
+        for i in range(50):
+            [[y, x]] = np.argwhere(views[k * 50 + i])
+            dy, dx = y - spots[i, 0], x - spots[i, 1]
+            assert (dy, dx) != (0, 0) and max(abs(dy), abs(dx)) <= 2
+            assert views[k * 50 + i, y, x] == 200
+            offsets.add((dy, dx))
+    assert len(offsets) > 12  # drawn across the 24 offsets, not one for all
+    assert np.array_equal(shifted_views(images, 4, seed=7), views)  # a resumed run's views
+    assert not np.array_equal(shifted_views(images, 4, seed=8), views)
+    # A pixel moved past the border is gone; the uncovered edge is background.
+    edge = np.zeros((1, 28, 28), dtype=np.uint8)
+    edge[0, :, 0] = 255
+    moved = shifted_views(np.repeat(edge, 40, axis=0), 2, seed=1)[40:]
+    assert all(m.sum() in (0, 255 * 28, 255 * 27, 255 * 26) for m in moved)
+    assert shifted_views(images, 1, seed=7) is images
+
+    split = Split(images, np.arange(50, dtype=np.uint8) % 10)
+    plain = Recipe("x", teacher="main", distill_weight=0.5)
+    assert with_teacher_views(split, plain, 0) is split
+    viewed = with_teacher_views(split, Recipe("x", teacher="main", teacher_views=3), 0)
+    assert len(viewed) == 150 and np.array_equal(viewed.labels, np.tile(split.labels, 3))
+    with pytest.raises(FmnistError, match="teacher_views without a teacher"):
+        Recipe("x", teacher_views=2)
+    with pytest.raises(FmnistError, match="teacher_views must be at least 1"):
+        Recipe("x", teacher="main", teacher_views=0)
+
+
 def test_alpha_zero_feeds_the_batches_a_non_distilling_run_is_fed():
     from fmnist.training_data import mix_targets
 
